@@ -1,0 +1,68 @@
+# Shared set-up for scripts/test, scripts/quickstart and scripts/bench (sourced, not run).
+# Idempotent: on a machine that already has everything it returns in a few seconds.
+
+APT_PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv curl ca-certificates
+              musl-tools tini dumb-init iproute2 procps util-linux hyperfine)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "this script sets up system packages and dockerd; run it as root" >&2
+    exit 1
+  fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+docker_answers() { timeout 5 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+start_docker() {
+  if docker_answers; then return 0; fi
+  log "starting dockerd in the background (log: /var/log/envd-dockerd.log)"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/envd-dockerd.log 2>&1 &
+  for _ in $(seq 1 120); do
+    if docker_answers; then return 0; fi
+    sleep 0.5
+  done
+  echo "dockerd did not answer within 60 s; last log lines:" >&2
+  tail -20 /var/log/envd-dockerd.log >&2
+  exit 1
+}
+
+# No registry is reachable, so the base image is made here from Debian's packages.
+ensure_base_image() {
+  if docker image inspect debian:bookworm >/dev/null 2>&1; then return 0; fi
+  log "creating the base image debian:bookworm with debootstrap (about a minute)"
+  local dir
+  dir="$(mktemp -d /var/tmp/envd-bookworm.XXXXXX)"
+  debootstrap --variant=minbase bookworm "$dir" http://deb.debian.org/debian >/var/log/envd-debootstrap.log 2>&1 \
+    || { tail -20 /var/log/envd-debootstrap.log >&2; exit 1; }
+  tar -C "$dir" -c . | docker import - debian:bookworm >/dev/null
+  rm -rf "$dir"
+}
+
+ensure_rust_targets() {
+  rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 \
+    || log "musl target unavailable; the runtime will be built with glibc + crt-static"
+}
+
+prereqs() {
+  need_root
+  install_packages
+  ensure_rust_targets
+  start_docker
+  ensure_base_image
+}

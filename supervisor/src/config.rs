@@ -1,0 +1,986 @@
+//! Service files: Horust's TOML format, accepted as is, plus envd's additions.
+//!
+//! Every problem is reported as `FILE:LINE: what is wrong` and stops start-up: a file with an
+//! unknown key, a bad value, an unknown dependency or a dependency cycle is never skipped
+//! silently (Horust logs and skips such a file, then runs without the service).
+//!
+//! Additions to Horust's format: a `tcp` health check; `interval`, `timeout`, `max-failed` and
+//! `start-period` in `[healthiness]`; `attempts` in `[restart]` bounds every strategy and resets
+//! once the service has stayed healthy for `reset-after` (default 10 s).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A problem in one service file, located to a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line number (0 when the problem is about the file as a whole).
+    pub line: usize,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        }
+    }
+}
+
+/// All problems found while loading a set of service directories.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// When a service is started again after it exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartStrategy {
+    /// Never restart (Horust's default).
+    #[default]
+    Never,
+    /// Restart when the exit is not successful.
+    OnFailure,
+    /// Restart whatever the exit.
+    Always,
+}
+
+/// What a service's final failure does to the rest of the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureStrategy {
+    /// Nothing else happens.
+    #[default]
+    Ignore,
+    /// Stop every service that starts after this one.
+    KillDependents,
+    /// Stop the whole environment; envd-init then exits non-zero.
+    Shutdown,
+}
+
+/// Where one of a service's output streams goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// envd-init's own standard output.
+    Stdout,
+    /// envd-init's own standard error.
+    Stderr,
+    /// A file, appended to and rotated when `rotate_size` (bytes, 0 = never) is reached.
+    File {
+        /// The log file.
+        path: PathBuf,
+        /// Rotation threshold in bytes; 0 disables rotation.
+        rotate_size: u64,
+    },
+}
+
+/// How many rotated files are kept beside a log file (`log.1` … `log.5`).
+pub const ROTATED_FILES_KEPT: usize = 5;
+
+/// Restart policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub strategy: RestartStrategy,
+    /// The n-th consecutive restart waits n × backoff.
+    pub backoff: Duration,
+    /// Upper bound on consecutive restarts, for every strategy; `None` is unbounded.
+    pub attempts: Option<u32>,
+    /// How long a service must stay healthy for the attempt counter to reset.
+    pub reset_after: Duration,
+}
+
+/// Health checks; every configured check must pass.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthSpec {
+    /// `HEAD`/`GET` URL; any 2xx passes.
+    pub http_endpoint: Option<String>,
+    /// Healthy once this file exists (it is deleted before each start).
+    pub file_path: Option<PathBuf>,
+    /// A command (split like a shell, no shell) that passes when it exits 0.
+    pub command: Option<Vec<String>>,
+    /// `HOST:PORT` that must accept a TCP connection.
+    pub tcp: Option<String>,
+    /// Time between checks once healthy.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive failures after which a running service is restarted as failed.
+    pub max_failed: u32,
+    /// Failures during this period after a start do not count.
+    pub start_period: Duration,
+}
+
+impl HealthSpec {
+    /// Whether any check is configured.
+    pub fn has_checks(&self) -> bool {
+        self.http_endpoint.is_some()
+            || self.file_path.is_some()
+            || self.command.is_some()
+            || self.tcp.is_some()
+    }
+}
+
+/// The environment a service gets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EnvSpec {
+    /// Pass envd-init's whole environment on.
+    pub keep_env: bool,
+    /// Variables of envd-init's environment to pass on.
+    pub re_export: Vec<String>,
+    /// Variables to set.
+    pub additional: BTreeMap<String, String>,
+}
+
+/// How a service is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// Sent to the service's process group.
+    pub signal: Signal,
+    /// Time before SIGKILL follows.
+    pub wait: Duration,
+    /// Stop this service when any of these fails.
+    pub die_if_failed: Vec<String>,
+}
+
+/// cgroup v2 limits (best effort: a warning when the cgroup cannot be made).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResourceLimit {
+    /// CPUs (e.g. 0.5 = half a core).
+    pub cpu: Option<f64>,
+    /// Bytes.
+    pub memory: Option<u64>,
+    /// Most tasks.
+    pub pids_max: Option<u64>,
+}
+
+impl Eq for ResourceLimit {}
+
+/// One validated service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Unique name (default: the file name without `.toml`).
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Program and arguments, split like a shell and exec'd without one.
+    pub argv: Vec<String>,
+    /// Wait this long before each start.
+    pub start_delay: Duration,
+    /// Start once these are running and healthy (or finished successfully).
+    pub start_after: Vec<String>,
+    /// Stop only after these have stopped.
+    pub shutdown_after: Vec<String>,
+    /// User name or uid to run as.
+    pub user: Option<String>,
+    /// Working directory.
+    pub working_directory: Option<PathBuf>,
+    /// Standard output destination.
+    pub stdout: Output,
+    /// Standard error destination.
+    pub stderr: Output,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Health checks.
+    pub health: HealthSpec,
+    /// Exit codes that count as success.
+    pub successful_exit_codes: Vec<i32>,
+    /// What a final failure does.
+    pub failure_strategy: FailureStrategy,
+    /// Environment.
+    pub env: EnvSpec,
+    /// How to stop it.
+    pub termination: Termination,
+    /// cgroup limits.
+    pub resources: ResourceLimit,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw file format. Field names are Horust's; `deny_unknown_fields` makes a typo an error.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    command: Spanned<String>,
+    #[serde(default, deserialize_with = "duration")]
+    start_delay: Duration,
+    start_after: Option<Spanned<Vec<String>>>,
+    shutdown_after: Option<Spanned<Vec<String>>>,
+    user: Option<UserValue>,
+    working_directory: Option<PathBuf>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    #[serde(default, deserialize_with = "byte_size")]
+    stdout_rotate_size: u64,
+    #[serde(default, deserialize_with = "byte_size")]
+    stderr_rotate_size: u64,
+    // Accepted for compatibility: rotated files are always numbered (`log.1` …).
+    #[serde(default)]
+    #[allow(dead_code)]
+    stdout_should_append_timestamp_to_filename: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    stderr_should_append_timestamp_to_filename: bool,
+    // Horust parses this key and never uses it; accepted so such files still load.
+    #[allow(dead_code)]
+    signal_rewrite: Option<toml::Value>,
+    #[serde(default)]
+    restart: RawRestart,
+    #[serde(default)]
+    healthiness: RawHealthiness,
+    #[serde(default)]
+    failure: RawFailure,
+    #[serde(default)]
+    environment: RawEnvironment,
+    #[serde(default)]
+    termination: RawTermination,
+    #[serde(default)]
+    resource_limit: RawResourceLimit,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserValue {
+    Uid(u32),
+    Name(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawRestart {
+    #[serde(default)]
+    strategy: RestartStrategy,
+    #[serde(default, deserialize_with = "duration")]
+    backoff: Duration,
+    attempts: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    reset_after: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawHealthiness {
+    http_endpoint: Option<String>,
+    file_path: Option<PathBuf>,
+    command: Option<Spanned<String>>,
+    tcp: Option<String>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
+    max_failed: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    start_period: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawFailure {
+    #[serde(default = "default_success_codes")]
+    successful_exit_code: Vec<i32>,
+    #[serde(default)]
+    strategy: FailureStrategy,
+}
+
+impl Default for RawFailure {
+    fn default() -> Self {
+        RawFailure {
+            successful_exit_code: default_success_codes(),
+            strategy: FailureStrategy::Ignore,
+        }
+    }
+}
+
+fn default_success_codes() -> Vec<i32> {
+    vec![0]
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawEnvironment {
+    #[serde(default)]
+    keep_env: bool,
+    #[serde(default)]
+    re_export: Vec<String>,
+    #[serde(default)]
+    additional: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawTermination {
+    #[serde(default = "default_signal", deserialize_with = "signal")]
+    signal: Signal,
+    #[serde(default = "default_wait", deserialize_with = "duration")]
+    wait: Duration,
+    die_if_failed: Option<Spanned<Vec<String>>>,
+}
+
+impl Default for RawTermination {
+    fn default() -> Self {
+        RawTermination {
+            signal: default_signal(),
+            wait: default_wait(),
+            die_if_failed: None,
+        }
+    }
+}
+
+fn default_signal() -> Signal {
+    Signal::SIGTERM
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawResourceLimit {
+    cpu: Option<f64>,
+    #[serde(default, deserialize_with = "opt_byte_size")]
+    memory: Option<u64>,
+    pids_max: Option<u64>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Parses `5s`, `500ms`, `1m 30s` (humantime); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write it like \"5s\", \"500ms\" or \"1m 30s\"")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeValue::deserialize(d)? {
+        SizeValue::Bytes(n) => Ok(n),
+        SizeValue::Text(s) => parse_byte_size(&s).map_err(de::Error::custom),
+    }
+}
+
+fn opt_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    byte_size(d).map(Some)
+}
+
+/// Parses `1048576`, `100 MB`, `512KiB`, `1G`.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}; write it like \"100 MB\" or \"512KiB\""))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}; use B, KB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
+    };
+    Ok((value * mult) as u64)
+}
+
+fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_signal(&s).map_err(de::Error::custom)
+}
+
+/// Parses a signal name with or without the `SIG` prefix (`TERM`, `SIGUSR1`, `int`).
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {s:?}; use a name like \"TERM\", \"INT\" or \"USR1\""))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+/// Replaces `${NAME}` with the variable's value. `USER` and `HOME` fall back to the current
+/// user's entry in /etc/passwd, since containers often run without them set.
+fn expand_env(text: &str, file: &Path) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut consumed = 0usize;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            // Not a variable reference (e.g. a shell `${x:-y}`); leave it for the program.
+            out.push_str(&rest[start..start + 2]);
+            consumed += start + 2;
+            rest = &rest[start + 2..];
+            continue;
+        }
+        let value = std::env::var(name).ok().or_else(|| passwd_fallback(name));
+        match value {
+            Some(v) => out.push_str(&v),
+            None => {
+                let offset = consumed + start;
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    line: line_of(text, offset),
+                    message: format!("environment variable {name} (in ${{{name}}}) is not set"),
+                });
+            }
+        }
+        consumed += start + 2 + end + 1;
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn passwd_fallback(name: &str) -> Option<String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok()??;
+    match name {
+        "USER" | "LOGNAME" => Some(user.name),
+        "HOME" => Some(user.dir.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+struct Located {
+    spec: ServiceSpec,
+    text: String,
+    start_after_offset: usize,
+    shutdown_after_offset: usize,
+    die_if_failed_offset: usize,
+}
+
+/// Parses one service file's text. `file` is used for the default name and in errors.
+pub fn parse_service(file: &Path, text: &str) -> Result<ServiceSpec, ConfigError> {
+    parse_located(file, text).map(|l| l.spec)
+}
+
+fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
+    let text = expand_env(original, file)?;
+    let err_at = |offset: usize, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line: line_of(&text, offset),
+        message,
+    };
+    let raw: RawService = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+
+    let name = match raw.name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    if name.is_empty() {
+        return Err(err_at(0, "the service name is empty".into()));
+    }
+    let command_span = raw.command.span();
+    let argv = split_command(raw.command.get_ref())
+        .map_err(|m| err_at(command_span.start, format!("command: {m}")))?;
+    let health_command = match &raw.healthiness.command {
+        Some(c) => Some(
+            split_command(c.get_ref())
+                .map_err(|m| err_at(c.span().start, format!("healthiness command: {m}")))?,
+        ),
+        None => None,
+    };
+    if let Some(url) = &raw.healthiness.http_endpoint {
+        if !url.starts_with("http://") {
+            return Err(err_at(
+                text.find("http-endpoint").unwrap_or(0),
+                format!("http-endpoint {url:?} must start with http:// (https is not supported)"),
+            ));
+        }
+    }
+    if let Some(addr) = &raw.healthiness.tcp {
+        if !addr.contains(':') {
+            return Err(err_at(
+                text.find("tcp").unwrap_or(0),
+                format!("tcp health check {addr:?} must be HOST:PORT"),
+            ));
+        }
+    }
+    let output = |value: Option<String>, default: Output, rotate_size: u64| match value.as_deref() {
+        None => default,
+        Some("STDOUT") => Output::Stdout,
+        Some("STDERR") => Output::Stderr,
+        Some(path) => Output::File {
+            path: PathBuf::from(path),
+            rotate_size,
+        },
+    };
+    let split_list = |v: Option<Spanned<Vec<String>>>| match v {
+        Some(s) => (s.span().start, s.into_inner()),
+        None => (0, Vec::new()),
+    };
+    let (start_after_offset, start_after) = split_list(raw.start_after);
+    let (shutdown_after_offset, shutdown_after) = split_list(raw.shutdown_after);
+    let (die_if_failed_offset, die_if_failed) = split_list(raw.termination.die_if_failed);
+    let user = raw.user.map(|u| match u {
+        UserValue::Uid(n) => n.to_string(),
+        UserValue::Name(s) => s,
+    });
+    let spec = ServiceSpec {
+        name,
+        file: file.to_path_buf(),
+        argv,
+        start_delay: raw.start_delay,
+        start_after,
+        shutdown_after,
+        user,
+        working_directory: raw.working_directory,
+        stdout: output(raw.stdout, Output::Stdout, raw.stdout_rotate_size),
+        stderr: output(raw.stderr, Output::Stderr, raw.stderr_rotate_size),
+        restart: RestartPolicy {
+            strategy: raw.restart.strategy,
+            backoff: raw.restart.backoff,
+            attempts: raw.restart.attempts,
+            reset_after: raw.restart.reset_after.unwrap_or(Duration::from_secs(10)),
+        },
+        health: HealthSpec {
+            http_endpoint: raw.healthiness.http_endpoint,
+            file_path: raw.healthiness.file_path,
+            command: health_command,
+            tcp: raw.healthiness.tcp,
+            interval: raw.healthiness.interval.unwrap_or(Duration::from_secs(1)),
+            timeout: raw.healthiness.timeout.unwrap_or(Duration::from_secs(1)),
+            max_failed: raw.healthiness.max_failed.unwrap_or(3).max(1),
+            start_period: raw.healthiness.start_period.unwrap_or_default(),
+        },
+        successful_exit_codes: raw.failure.successful_exit_code,
+        failure_strategy: raw.failure.strategy,
+        env: EnvSpec {
+            keep_env: raw.environment.keep_env,
+            re_export: raw.environment.re_export,
+            additional: raw.environment.additional,
+        },
+        termination: Termination {
+            signal: raw.termination.signal,
+            wait: raw.termination.wait,
+            die_if_failed,
+        },
+        resources: ResourceLimit {
+            cpu: raw.resource_limit.cpu,
+            memory: raw.resource_limit.memory,
+            pids_max: raw.resource_limit.pids_max,
+        },
+    };
+    Ok(Located {
+        spec,
+        text,
+        start_after_offset,
+        shutdown_after_offset,
+        die_if_failed_offset,
+    })
+}
+
+fn split_command(command: &str) -> Result<Vec<String>, String> {
+    let argv = shlex::split(command.trim())
+        .ok_or_else(|| "unbalanced quotes or a trailing backslash".to_string())?;
+    if argv.is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(argv)
+}
+
+/// Lists the `*.toml` files of the directories, sorted by name within each directory. A
+/// directory that does not exist is an error unless `optional`.
+pub fn service_files(dirs: &[(PathBuf, bool)]) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for (dir, optional) in dirs {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(e) if *optional && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(ConfigError {
+                file: dir.clone(),
+                line: 0,
+                message: format!("cannot read the services directory: {e}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads and validates every service file of the directories: each file parses, names are
+/// unique, every referenced service exists and `start-after` has no cycle.
+pub fn load(dirs: &[(PathBuf, bool)]) -> Result<Vec<ServiceSpec>, ConfigErrors> {
+    let files = service_files(dirs)?;
+    let mut errors = Vec::new();
+    let mut located = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match parse_located(&file, &text) {
+                Ok(l) => located.push(l),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(ConfigError {
+                file: file.clone(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    validate(&located, &mut errors);
+    if errors.is_empty() {
+        Ok(located.into_iter().map(|l| l.spec).collect())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Validates a set of parsed specs as a whole (used by tests that build specs in memory).
+pub fn validate_specs(specs: &[ServiceSpec]) -> Result<(), ConfigErrors> {
+    let located: Vec<Located> = specs
+        .iter()
+        .map(|s| Located {
+            spec: s.clone(),
+            text: String::new(),
+            start_after_offset: 0,
+            shutdown_after_offset: 0,
+            die_if_failed_offset: 0,
+        })
+        .collect();
+    let mut errors = Vec::new();
+    validate(&located, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
+    let mut by_name: HashMap<&str, &Located> = HashMap::new();
+    for l in located {
+        if let Some(first) = by_name.insert(&l.spec.name, l) {
+            errors.push(ConfigError {
+                file: l.spec.file.clone(),
+                line: l.text.find("name").map(|o| line_of(&l.text, o)).unwrap_or(0),
+                message: format!(
+                    "service name {:?} is already used by {}",
+                    l.spec.name,
+                    first.spec.file.display()
+                ),
+            });
+        }
+    }
+    for l in located {
+        let lists = [
+            ("start-after", &l.spec.start_after, l.start_after_offset),
+            ("shutdown-after", &l.spec.shutdown_after, l.shutdown_after_offset),
+            (
+                "die-if-failed",
+                &l.spec.termination.die_if_failed,
+                l.die_if_failed_offset,
+            ),
+        ];
+        for (key, list, offset) in lists {
+            for dep in list {
+                if !by_name.contains_key(dep.as_str()) {
+                    let known: Vec<&str> = by_name.keys().copied().collect();
+                    let hint = closest(dep, &known)
+                        .map(|c| format!(" (did you mean {c:?}?)"))
+                        .unwrap_or_default();
+                    errors.push(ConfigError {
+                        file: l.spec.file.clone(),
+                        line: line_of(&l.text, offset),
+                        message: format!("{key} names an unknown service {dep:?}{hint}"),
+                    });
+                } else if dep == &l.spec.name {
+                    errors.push(ConfigError {
+                        file: l.spec.file.clone(),
+                        line: line_of(&l.text, offset),
+                        message: format!("{key} names the service itself"),
+                    });
+                }
+            }
+        }
+    }
+    // Cycles in start-after (and in shutdown-after) would leave services waiting forever.
+    for (key, pick) in [
+        (
+            "start-after",
+            (|s: &ServiceSpec| &s.start_after) as fn(&ServiceSpec) -> &Vec<String>,
+        ),
+        ("shutdown-after", |s: &ServiceSpec| &s.shutdown_after),
+    ] {
+        if let Some(cycle) = find_cycle(located, pick) {
+            let first = by_name[cycle[0].as_str()];
+            let offset = if key == "start-after" {
+                first.start_after_offset
+            } else {
+                first.shutdown_after_offset
+            };
+            errors.push(ConfigError {
+                file: first.spec.file.clone(),
+                line: line_of(&first.text, offset),
+                message: format!("{key} forms a cycle: {}", cycle.join(" -> ")),
+            });
+        }
+    }
+}
+
+fn find_cycle(located: &[Located], deps: fn(&ServiceSpec) -> &Vec<String>) -> Option<Vec<String>> {
+    let graph: HashMap<&str, &Vec<String>> = located
+        .iter()
+        .map(|l| (l.spec.name.as_str(), deps(&l.spec)))
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit<'a>(
+        node: &'a str,
+        graph: &HashMap<&'a str, &'a Vec<String>>,
+        marks: &mut HashMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match marks.get(node) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Visiting) => {
+                let pos = stack.iter().position(|n| *n == node).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
+                cycle.push(node.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(node, Mark::Visiting);
+        stack.push(node);
+        if let Some(deps) = graph.get(node) {
+            for d in deps.iter() {
+                if let Some((key, _)) = graph.get_key_value(d.as_str()) {
+                    if let Some(c) = visit(key, graph, marks, stack) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        marks.insert(node, Mark::Done);
+        None
+    }
+    let mut marks = HashMap::new();
+    let mut names: Vec<&str> = graph.keys().copied().collect();
+    names.sort();
+    for n in names {
+        let mut stack = Vec::new();
+        if let Some(c) = visit(n, &graph, &mut marks, &mut stack) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// The closest of `candidates` to `word` by edit distance, when it is close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = edit_distance(word, c);
+        if d <= (word.len().max(2) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The set of names in a list of specs (handy for reload diffs).
+pub fn names(specs: &[ServiceSpec]) -> HashSet<String> {
+    specs.iter().map(|s| s.name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServiceSpec, ConfigError> {
+        parse_service(Path::new("/etc/envd/services/svc.toml"), text)
+    }
+
+    #[test]
+    fn minimal_file_gets_horust_defaults() {
+        let s = parse("command = \"/bin/sleep 10\"\n").unwrap();
+        assert_eq!(s.name, "svc");
+        assert_eq!(s.argv, vec!["/bin/sleep", "10"]);
+        assert_eq!(s.restart.strategy, RestartStrategy::Never);
+        assert_eq!(s.termination.wait, Duration::from_secs(5));
+        assert_eq!(s.termination.signal, Signal::SIGTERM);
+        assert_eq!(s.successful_exit_codes, vec![0]);
+        assert_eq!(s.stdout, Output::Stdout);
+        assert_eq!(s.stderr, Output::Stderr);
+        assert!(!s.health.has_checks());
+    }
+
+    #[test]
+    fn envd_generated_file_parses() {
+        std::env::set_var("ENVD_WORKDIR", "/home/envd/project");
+        let text = "name = \"sshd\"\ncommand = \"\"\"\n/var/envd/bin/envd-sshd --port 2222 --shell zsh\n\"\"\"\nstdout = \"/var/log/horust/sshd_stdout.log\"\nstderr = \"/var/log/horust/sshd_stderr.log\"\nuser = \"${USER}\"\nworking-directory = \"${ENVD_WORKDIR}\"\nstart-after = [\"init_0\",\"init_1\",]\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"on-failure\"\nbackoff = \"1s\"\nattempts = 2\n\n[termination]\nwait = \"5s\"\n";
+        let s = parse(text).unwrap();
+        assert_eq!(s.name, "sshd");
+        assert_eq!(s.argv[0], "/var/envd/bin/envd-sshd");
+        assert_eq!(s.working_directory.unwrap(), PathBuf::from("/home/envd/project"));
+        assert!(s.user.is_some());
+        assert_eq!(s.start_after, vec!["init_0", "init_1"]);
+        assert_eq!(s.restart.strategy, RestartStrategy::OnFailure);
+        assert_eq!(s.restart.attempts, Some(2));
+        assert!(s.env.keep_env);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse("command = \"true\"\n\n[restart]\nstrategy = \"always\"\nbakoff = \"1s\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.to_string().starts_with("/etc/envd/services/svc.toml:5: "), "{e}");
+        assert!(e.message.contains("bakoff"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let e = parse("command = \"true\"\n[termination]\nsignal = \"TREM\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("unknown signal"), "{e}");
+        let e = parse("command = \"true\"\n[restart]\nbackoff = \"soon\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = parse("command = \"true\"\n[restart]\nstrategy = \"sometimes\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        let e = parse("\ncommand = \"sh -c 'oops\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("unbalanced"), "{e}");
+        let e = parse("command = \"true\"\nuser = \"${ENVD_TEST_SURELY_UNSET}\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("ENVD_TEST_SURELY_UNSET"), "{e}");
+    }
+
+    #[test]
+    fn sizes_durations_signals() {
+        assert_eq!(parse_byte_size("100 MB").unwrap(), 100_000_000);
+        assert_eq!(parse_byte_size("512KiB").unwrap(), 524_288);
+        assert_eq!(parse_byte_size("42").unwrap(), 42);
+        assert!(parse_byte_size("3 parsecs").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_signal("usr1").unwrap(), Signal::SIGUSR1);
+        assert_eq!(parse_signal("SIGHUP").unwrap(), Signal::SIGHUP);
+    }
+
+    #[test]
+    fn our_additions_parse() {
+        let s = parse(
+            "command = \"srv\"\n[healthiness]\ntcp = \"127.0.0.1:80\"\ninterval = \"250ms\"\ntimeout = \"2s\"\nmax-failed = 5\nstart-period = \"3s\"\n[restart]\nstrategy = \"always\"\nattempts = 3\nreset-after = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.health.tcp.as_deref(), Some("127.0.0.1:80"));
+        assert_eq!(s.health.interval, Duration::from_millis(250));
+        assert_eq!(s.health.max_failed, 5);
+        assert_eq!(s.restart.reset_after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(closest("jupytr", &["jupyter", "sshd"]), Some("jupyter"));
+        assert_eq!(closest("zzz", &["jupyter", "sshd"]), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! # envd-supervisor
+//!
+//! `envd-init`, the PID 1 of every envd environment. It owns:
+//!
+//! - [`config`]: service files (Horust's TOML format plus envd's additions), validated up front
+//!   with `FILE:LINE: what is wrong` errors;
+//! - [`spawn`] and [`reaper`]: starting processes in their own process groups, as their user, and
+//!   being the single owner of `waitpid` so no exit status is ever stolen;
+//! - [`supervisor`]: the event-driven state machine (dependencies, restarts with backoff and
+//!   attempts, failure strategies, ordered stop, reload on SIGHUP, signal forwarding);
+//! - [`health`]: http, tcp, file and command health checks;
+//! - [`logs`]: per-service log files with bounded rotation and an in-memory tail;
+//! - [`api`] and [`client`]: the gRPC API (`grpc.health.v1.Health` and
+//!   `envd.supervisor.v1.Supervisor`) on a unix socket and, with a bearer token, on TCP. The host
+//!   side (`envd`) uses [`client`] too.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod health;
+pub mod logs;
+pub mod reaper;
+pub mod spawn;
+pub mod supervisor;
+
+/// Generated gRPC types and stubs.
+pub mod proto {
+    /// `grpc.health.v1`, the standard health-checking protocol.
+    pub mod health {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("grpc.health.v1");
+    }
+    /// `envd.supervisor.v1`, envd-init's control API.
+    pub mod supervisor {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("envd.supervisor.v1");
+    }
+}
+
+/// Where the API's unix socket lives unless `--api-socket` says otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/envd/supervisor.sock";
