@@ -66,3 +66,17 @@ prereqs() {
   start_docker
   ensure_base_image
 }
+
+# Horust's published crate: its example service files are test data for our parser, and the
+# benchmark builds Horust from it. Fetched from crates.io (no GitHub needed).
+HORUST_VERSION=0.1.13
+ensure_horust_src() {
+  local dest=target/peers/horust-src
+  if [ -f "$dest/example_services/sample_service.toml" ]; then return 0; fi
+  log "fetching Horust $HORUST_VERSION's crate (test data: its example service files)"
+  mkdir -p target/peers
+  curl -sfL --retry 3 -o target/peers/horust.crate \
+    "https://static.crates.io/crates/horust/horust-$HORUST_VERSION.crate"
+  rm -rf "$dest" && mkdir -p "$dest"
+  tar -xzf target/peers/horust.crate -C "$dest" --strip-components=1
+}

@@ -692,7 +692,7 @@ pub fn service_files(dirs: &[(PathBuf, bool)]) -> Result<Vec<PathBuf>, ConfigErr
 pub fn load(dirs: &[(PathBuf, bool)]) -> Result<Vec<ServiceSpec>, ConfigErrors> {
     let files = service_files(dirs)?;
     let mut errors = Vec::new();
-    let mut located = Vec::new();
+    let mut located: Vec<Located> = Vec::new();
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => match parse_located(&file, &text) {
@@ -706,11 +706,39 @@ pub fn load(dirs: &[(PathBuf, bool)]) -> Result<Vec<ServiceSpec>, ConfigErrors> 
             }),
         }
     }
+    resolve_file_name_references(&mut located);
     validate(&located, &mut errors);
     if errors.is_empty() {
         Ok(located.into_iter().map(|l| l.spec).collect())
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// Horust names a service without `name` after its file, `.toml` included, so its files refer
+/// to each other as `backend.toml`. Such references are mapped to our names (the file stem).
+fn resolve_file_name_references(located: &mut [Located]) {
+    let aliases: HashMap<String, String> = located
+        .iter()
+        .filter_map(|l| {
+            let file_name = l.spec.file.file_name()?.to_string_lossy().into_owned();
+            Some((file_name, l.spec.name.clone()))
+        })
+        .collect();
+    let names: HashSet<String> = located.iter().map(|l| l.spec.name.clone()).collect();
+    let fix = |list: &mut Vec<String>| {
+        for dep in list.iter_mut() {
+            if !names.contains(dep) {
+                if let Some(name) = aliases.get(dep) {
+                    *dep = name.clone();
+                }
+            }
+        }
+    };
+    for l in located.iter_mut() {
+        fix(&mut l.spec.start_after);
+        fix(&mut l.spec.shutdown_after);
+        fix(&mut l.spec.termination.die_if_failed);
     }
 }
 
@@ -762,7 +790,14 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
         ];
         for (key, list, offset) in lists {
             for dep in list {
-                if !by_name.contains_key(dep.as_str()) {
+                if !by_name.contains_key(dep.as_str()) && key != "start-after" {
+                    // Only ordering or a kill condition depends on it: it has no effect, but a
+                    // typo deserves a word.
+                    tracing::warn!(
+                        "{}: {key} names an unknown service {dep:?}; it has no effect",
+                        l.spec.file.display()
+                    );
+                } else if !by_name.contains_key(dep.as_str()) {
                     let known: Vec<&str> = by_name.keys().copied().collect();
                     let hint = closest(dep, &known)
                         .map(|c| format!(" (did you mean {c:?}?)"))
