@@ -133,6 +133,9 @@ struct Service {
     health_task: Option<AbortHandle>,
     removed: bool,
     logs: Arc<LogBuffer>,
+    /// The process group of a stopping service whose leader has exited but whose other members
+    /// have not yet: the stop is complete only when the group is empty (or SIGKILLed).
+    lingering: Option<Pid>,
 }
 
 impl Service {
@@ -154,6 +157,7 @@ impl Service {
             health_task: None,
             removed: false,
             logs,
+            lingering: None,
         }
     }
 
@@ -652,7 +656,10 @@ impl Supervisor {
                 }
             }
             TimerKind::Kill => {
-                if let Some(pid) = s.pid {
+                if let Some(pgid) = s.lingering {
+                    s.note("process group still alive after the wait; sending SIGKILL".into());
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                } else if let Some(pid) = s.pid {
                     s.note(format!(
                         "still running {:?} after {}; sending SIGKILL to its process group",
                         s.spec.termination.wait, s.spec.termination.signal
@@ -684,7 +691,8 @@ impl Supervisor {
             .iter()
             .position(|s| s.pid == Some(exit.pid) && !s.removed)
         else {
-            // An adopted orphan: reaped, nothing more to do.
+            // An adopted orphan, perhaps the last of a stopping service's group.
+            self.check_lingering();
             return;
         };
         self.on_service_exit(idx, exit.kind);
@@ -708,37 +716,22 @@ impl Supervisor {
                 at: unix_secs(SystemTime::now()),
             },
         });
+
+        if s.after_stop.is_some() {
+            // Stopped on purpose. Members of its group that got the signal too may still be
+            // cleaning up: wait for them (they are reparented to us) until the SIGKILL deadline.
+            if let Some(pid) = pid {
+                if killpg(pid, None).is_ok() {
+                    s.lingering = Some(pid);
+                    return;
+                }
+            }
+            self.finish_stop(idx, &format!("stopped ({kind})"));
+            return;
+        }
         // A new generation makes the old instance's pending timers and reports stale.
         s.generation = self.next_generation;
         self.next_generation += 1;
-
-        if let Some(after) = s.after_stop.take() {
-            // Stopped on purpose: clean up what is left of its process group.
-            if let Some(pid) = pid {
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            s.note(format!("stopped ({kind})"));
-            s.health = Health::Unknown;
-            match after {
-                AfterStop::Stay => s.set_state(ServiceState::Stopped, format!("stopped ({kind})")),
-                AfterStop::Restart => {
-                    s.restarts += 1;
-                    s.attempts_used = 0;
-                    s.set_state(ServiceState::Pending, "restarting on request");
-                }
-                AfterStop::Replace(spec) => {
-                    s.spec = Arc::new(*spec);
-                    s.attempts_used = 0;
-                    s.set_state(ServiceState::Pending, "changed on reload");
-                }
-                AfterStop::Remove => s.removed = true,
-            }
-            if self.shutting_down && !s.removed {
-                s.set_state(ServiceState::Stopped, format!("stopped ({kind})"));
-            }
-            self.services.retain(|s| !s.removed || s.pid.is_some());
-            return;
-        }
 
         let success = matches!(kind, ExitKind::Code(c) if s.spec.successful_exit_codes.contains(&c))
             && s.health != Health::Unhealthy;
@@ -781,6 +774,54 @@ impl Supervisor {
         }
     }
 
+    /// Applies what a stop was for, once the service's processes are gone.
+    fn finish_stop(&mut self, idx: usize, how: &str) {
+        let s = &mut self.services[idx];
+        s.lingering = None;
+        s.generation = self.next_generation;
+        self.next_generation += 1;
+        let Some(after) = s.after_stop.take() else {
+            return;
+        };
+        s.note(how.to_string());
+        s.health = Health::Unknown;
+        match after {
+            AfterStop::Stay => s.set_state(ServiceState::Stopped, how),
+            AfterStop::Restart => {
+                s.restarts += 1;
+                s.attempts_used = 0;
+                s.set_state(ServiceState::Pending, "restarting on request");
+            }
+            AfterStop::Replace(spec) => {
+                s.spec = Arc::new(*spec);
+                s.attempts_used = 0;
+                s.set_state(ServiceState::Pending, "changed on reload");
+            }
+            AfterStop::Remove => s.removed = true,
+        }
+        if self.shutting_down && !s.removed {
+            s.set_state(ServiceState::Stopped, how);
+        }
+        self.services.retain(|s| !s.removed || s.pid.is_some());
+    }
+
+    /// Completes the stops whose lingering process groups are now empty.
+    fn check_lingering(&mut self) {
+        let mut idx = 0;
+        while idx < self.services.len() {
+            if let Some(pgid) = self.services[idx].lingering {
+                if killpg(pgid, None).is_err() {
+                    let before = self.services.len();
+                    self.finish_stop(idx, "stopped");
+                    if self.services.len() < before {
+                        continue;
+                    }
+                }
+            }
+            idx += 1;
+        }
+    }
+
     fn on_final_failure(&mut self, idx: usize) {
         let name = self.services[idx].spec.name.clone();
         let strategy = self.services[idx].spec.failure_strategy;
@@ -813,6 +854,12 @@ impl Supervisor {
     /// a service that is not running gets `after` applied at once.
     fn stop(&mut self, idx: usize, after: AfterStop) {
         let s = &mut self.services[idx];
+        if s.lingering.is_some() {
+            if after == AfterStop::Stay || s.after_stop.is_none() {
+                s.after_stop = Some(after);
+            }
+            return;
+        }
         match s.pid {
             Some(pid) => {
                 if s.state == ServiceState::Stopping {
@@ -890,7 +937,11 @@ impl Supervisor {
         if self.finishing {
             return;
         }
-        let alive: Vec<bool> = self.services.iter().map(|s| s.pid.is_some()).collect();
+        let alive: Vec<bool> = self
+            .services
+            .iter()
+            .map(|s| s.pid.is_some() || s.lingering.is_some())
+            .collect();
         let mut to_stop = Vec::new();
         for (idx, s) in self.services.iter().enumerate() {
             if s.pid.is_none() || s.state == ServiceState::Stopping {
@@ -912,7 +963,12 @@ impl Supervisor {
             self.stop(idx, AfterStop::Stay);
         }
         let main_running = self.main.as_ref().is_some_and(|m| m.exit.is_none());
-        if self.services.iter().all(|s| s.pid.is_none()) && !main_running {
+        if self
+            .services
+            .iter()
+            .all(|s| s.pid.is_none() && s.lingering.is_none())
+            && !main_running
+        {
             self.finishing = true;
             if kill_leftovers(self.is_pid1, Signal::SIGTERM) {
                 let tx = self.events.clone();
@@ -945,7 +1001,7 @@ impl Supervisor {
                     tracing::warn!("second {sig}: killing everything now");
                     self.forced = true;
                     for s in &self.services {
-                        if let Some(pid) = s.pid {
+                        if let Some(pid) = s.pid.or(s.lingering) {
                             let _ = killpg(pid, Signal::SIGKILL);
                         }
                     }

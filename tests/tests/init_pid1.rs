@@ -368,12 +368,18 @@ fn termination_signal_goes_to_the_process_group() {
     let dir = scratch();
     let mark = p(dir.path(), "grandchild");
     // The shell does not forward TERM; only a group signal reaches the grandchild.
+    let script = p(dir.path(), "family.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "sh -c 'trap \"echo got-term > {mark}; exit 0\" TERM; while true; do sleep 0.05; done' &\nsleep 100\n"
+        ),
+    )
+    .unwrap();
     write_service(
         dir.path(),
         "shell",
-        &format!(
-            "command = \"/bin/sh -c 'sh -c \\\"trap \\\\\\\"echo got-term > {mark}; exit 0\\\\\\\" TERM; while true; do sleep 0.05; done\\\" ; sleep 100'\"\n[termination]\nwait = \"2s\"\n"
-        ),
+        &format!("command = \"/bin/sh {script}\"\n[termination]\nwait = \"2s\"\n"),
     );
     let mut init = Init::start(dir, &[], &[]);
     init.wait_for("running", T, |s| s[0]["state"] == "running");
