@@ -793,7 +793,7 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
                 if !by_name.contains_key(dep.as_str()) && key != "start-after" {
                     // Only ordering or a kill condition depends on it: it has no effect, but a
                     // typo deserves a word.
-                    tracing::warn!(
+                    crate::warn!(
                         "{}: {key} names an unknown service {dep:?}; it has no effect",
                         l.spec.file.display()
                     );

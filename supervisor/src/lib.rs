@@ -18,6 +18,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod log;
 pub mod logs;
 pub mod reaper;
 pub mod spawn;

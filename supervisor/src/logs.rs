@@ -195,7 +195,7 @@ pub async fn pump(read_end: OwnedFd, stream: Stream, mut sink: Sink, buffer: Arc
     let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!("cannot read a service's output: {e}");
+            crate::warn!("cannot read a service's output: {e}");
             return;
         }
     };

@@ -90,19 +90,7 @@ enum CtlAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match std::env::var("ENVD_INIT_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        Ok("trace") => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    envd_supervisor::log::init_from_env();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -162,13 +150,13 @@ async fn init(cli: Cli) -> i32 {
             let unix_api = api.clone();
             tokio::spawn(async move {
                 if let Err(e) = api::serve_unix(&socket, unix_api).await {
-                    tracing::warn!("API socket {} unavailable: {e}", socket.display());
+                    envd_supervisor::warn!("API socket {} unavailable: {e}", socket.display());
                 }
             });
             if let (Some(addr), Some(token)) = (listen, token) {
                 tokio::spawn(async move {
                     if let Err(e) = api::serve_tcp(addr, token, api).await {
-                        tracing::warn!("API on {addr} unavailable: {e}");
+                        envd_supervisor::warn!("API on {addr} unavailable: {e}");
                     }
                 });
             }

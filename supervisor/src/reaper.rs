@@ -91,7 +91,7 @@ pub fn reap_all(waiters: &Waiters, events: &mpsc::UnboundedSender<Exit>) -> usiz
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
             Err(e) => {
-                tracing::warn!("waitpid failed: {e}");
+                crate::warn!("waitpid failed: {e}");
                 return count;
             }
         }
@@ -111,7 +111,7 @@ pub async fn run(waiters: Waiters, events: mpsc::UnboundedSender<Exit>) {
     let mut sigchld = match signal(SignalKind::child()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot watch SIGCHLD: {e}; children will not be reaped");
+            crate::error!("cannot watch SIGCHLD: {e}; children will not be reaped");
             return;
         }
     };

@@ -174,7 +174,7 @@ impl Service {
     }
 
     fn note(&self, text: String) {
-        tracing::info!(service = %self.spec.name, "{text}");
+        crate::info!("{}: {text}", self.spec.name);
         self.logs.push(Line {
             stream: Stream::Stderr,
             text: format!("[envd-init] {text}").into_bytes(),
@@ -284,7 +284,7 @@ pub async fn run(
                     }
                 });
             }
-            Err(e) => tracing::warn!("cannot handle {sig}: {e}"),
+            Err(e) => crate::warn!("cannot handle {sig}: {e}"),
         }
     }
     {
@@ -303,7 +303,7 @@ pub async fn run(
     if !is_pid1 {
         // Orphans of our services must come to us, not to the host's init.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!("cannot become a child subreaper: {e}");
+            crate::warn!("cannot become a child subreaper: {e}");
         }
     }
 
@@ -528,7 +528,7 @@ impl Supervisor {
                         self.timer(idx, reset, TimerKind::ResetAttempts);
                     }
                 }
-                tracing::info!(service = %spec.name, pid = pid.as_raw(), "started");
+                crate::info!("{}: started (pid {})", spec.name, pid.as_raw());
             }
             Err(message) => {
                 let s = &mut self.services[idx];
@@ -681,7 +681,7 @@ impl Supervisor {
         if let Some(main) = &mut self.main {
             if main.pid == exit.pid && main.exit.is_none() {
                 main.exit = Some(exit.kind);
-                tracing::info!("main command ended: {}", exit.kind);
+                crate::info!("main command ended: {}", exit.kind);
                 self.begin_shutdown();
                 return;
             }
@@ -835,7 +835,7 @@ impl Supervisor {
                 }
             }
             FailureStrategy::Shutdown => {
-                tracing::warn!("service {name} failed and its failure strategy is shutdown");
+                crate::warn!("service {name} failed and its failure strategy is shutdown");
                 self.shutdown_failed = true;
                 self.begin_shutdown();
             }
@@ -877,7 +877,7 @@ impl Supervisor {
                 let wait = s.spec.termination.wait;
                 s.set_state(ServiceState::Stopping, format!("sent {sig}"));
                 if let Err(e) = killpg(pid, sig) {
-                    tracing::debug!("killpg({pid}, {sig}): {e}");
+                    crate::debug!("killpg({pid}, {sig}): {e}");
                 }
                 self.timer(idx, wait, TimerKind::Kill);
             }
@@ -909,7 +909,7 @@ impl Supervisor {
         if self.shutting_down {
             return;
         }
-        tracing::info!("stopping the environment");
+        crate::info!("stopping the environment");
         self.shutting_down = true;
         for s in &mut self.services {
             if s.pid.is_none()
@@ -998,7 +998,7 @@ impl Supervisor {
                     // tini's contract: the main command decides; its exit ends the environment.
                     let _ = killpg(pid, sig);
                 } else if self.shutting_down {
-                    tracing::warn!("second {sig}: killing everything now");
+                    crate::warn!("second {sig}: killing everything now");
                     self.forced = true;
                     for s in &self.services {
                         if let Some(pid) = s.pid.or(s.lingering) {
@@ -1015,7 +1015,7 @@ impl Supervisor {
                 if let Some(pid) = main_pid {
                     let _ = killpg(pid, other);
                 } else {
-                    tracing::debug!("ignoring {other}: no main command to forward it to");
+                    crate::debug!("ignoring {other}: no main command to forward it to");
                 }
             }
         }
@@ -1032,7 +1032,7 @@ impl Supervisor {
                 return;
             }
         };
-        tracing::info!("reloading {} service files", specs.len());
+        crate::info!("reloading {} service files", specs.len());
         let new_names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let old: Vec<(usize, String)> = self
             .services

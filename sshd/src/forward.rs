@@ -1,0 +1,165 @@
+//! Port and socket forwarding: `ssh -L`/`-D` (direct-tcpip), `ssh -L PORT:/path.sock`
+//! (direct-streamlocal@openssh.com), `ssh -R` (tcpip-forward) and `ssh -R /path:...`
+//! (streamlocal-forward@openssh.com).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use russh::server::{ChannelOpenHandle, Handle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::AbortHandle;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `ssh -L` / `-D`: connect first, then accept the channel (or refuse it with the reason).
+pub async fn direct_tcpip(channel: Channel<Msg>, host: String, port: u32, reply: ChannelOpenHandle) {
+    let target = (host.as_str(), port as u16);
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(mut tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            reply.accept().await;
+            let mut stream = channel.into_stream();
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+        }
+        _ => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+    }
+}
+
+/// `ssh -L PORT:/path.sock`.
+pub async fn direct_streamlocal(channel: Channel<Msg>, path: String, reply: ChannelOpenHandle) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&path)).await {
+        Ok(Ok(mut sock)) => {
+            reply.accept().await;
+            let mut stream = channel.into_stream();
+            let _ = tokio::io::copy_bidirectional(&mut sock, &mut stream).await;
+        }
+        _ => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+    }
+}
+
+/// The remote forwards of one connection, stopped when it ends.
+#[derive(Default)]
+pub struct RemoteForwards {
+    tcp: Mutex<HashMap<(String, u32), AbortHandle>>,
+    unix: Mutex<HashMap<String, AbortHandle>>,
+}
+
+impl RemoteForwards {
+    /// `tcpip-forward`: listens on `address:port` (loopback unless `gateway_ports`) and opens a
+    /// forwarded-tcpip channel per connection. Sets `port` when 0 was asked for.
+    pub async fn add_tcp(&self, handle: Handle, address: &str, port: &mut u32, gateway_ports: bool) -> bool {
+        let wildcard = matches!(address, "" | "*" | "0.0.0.0" | "::");
+        let bind_addr = if wildcard && gateway_ports {
+            "0.0.0.0".to_string()
+        } else if wildcard || address == "localhost" {
+            "127.0.0.1".to_string()
+        } else if gateway_ports {
+            address.to_string()
+        } else {
+            // Without gateway ports only loopback addresses may be bound.
+            match address.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_loopback() => address.to_string(),
+                _ => return false,
+            }
+        };
+        let listener = match TcpListener::bind((bind_addr.as_str(), *port as u16)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!("tcpip-forward {address}:{port}: {e}");
+                return false;
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.port() as u32).unwrap_or(*port);
+        if *port == 0 {
+            *port = bound;
+        }
+        let requested = address.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, peer)) = listener.accept().await {
+                let handle = handle.clone();
+                let requested = requested.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    if let Ok(channel) = handle
+                        .channel_open_forwarded_tcpip(requested, bound, peer.ip().to_string(), peer.port() as u32)
+                        .await
+                    {
+                        let mut stream = channel.into_stream();
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+                    }
+                });
+            }
+        });
+        if let Ok(mut map) = self.tcp.lock() {
+            map.insert((address.to_string(), *port), task.abort_handle());
+        }
+        true
+    }
+
+    /// `cancel-tcpip-forward`.
+    pub fn cancel_tcp(&self, address: &str, port: u32) -> bool {
+        match self.tcp.lock().ok().and_then(|mut m| m.remove(&(address.to_string(), port))) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `streamlocal-forward@openssh.com`: a unix socket here, relayed to the client.
+    pub fn add_unix(&self, handle: Handle, path: &str) -> bool {
+        let listener = match UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!("streamlocal-forward {path}: {e}");
+                return false;
+            }
+        };
+        let socket_path = path.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let handle = handle.clone();
+                let socket_path = socket_path.clone();
+                tokio::spawn(async move {
+                    if let Ok(channel) = handle.channel_open_forwarded_streamlocal(socket_path).await {
+                        let mut stream = channel.into_stream();
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut stream).await;
+                    }
+                });
+            }
+        });
+        if let Ok(mut map) = self.unix.lock() {
+            map.insert(path.to_string(), task.abort_handle());
+        }
+        true
+    }
+
+    /// `cancel-streamlocal-forward@openssh.com`.
+    pub fn cancel_unix(&self, path: &str) -> bool {
+        match self.unix.lock().ok().and_then(|mut m| m.remove(path)) {
+            Some(task) => {
+                task.abort();
+                let _ = std::fs::remove_file(path);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for RemoteForwards {
+    fn drop(&mut self) {
+        if let Ok(map) = self.tcp.lock() {
+            map.values().for_each(AbortHandle::abort);
+        }
+        if let Ok(map) = self.unix.lock() {
+            for (path, task) in map.iter() {
+                task.abort();
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
