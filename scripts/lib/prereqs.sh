@@ -80,3 +80,13 @@ ensure_horust_src() {
   rm -rf "$dest" && mkdir -p "$dest"
   tar -xzf target/peers/horust.crate -C "$dest" --strip-components=1
 }
+
+# Python test peers from PyPI, in a venv of their own: ssh-audit (audits envd-sshd's algorithms)
+# and asyncssh (sends `signal` requests, which OpenSSH's client cannot).
+ensure_python_tools() {
+  local venv=target/peers/venv
+  if [ -x "$venv/bin/ssh-audit" ] && "$venv/bin/python" -c 'import asyncssh' 2>/dev/null; then return 0; fi
+  log "installing ssh-audit and asyncssh from PyPI into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check ssh-audit==3.9.0 asyncssh==2.24.1
+}

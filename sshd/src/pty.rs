@@ -46,8 +46,8 @@ pub fn open(cols: u32, rows: u32, modes: &[(Pty, u32)]) -> std::io::Result<PtyPa
 
 fn winsize(cols: u32, rows: u32) -> Winsize {
     Winsize {
-        ws_row: rows.clamp(1, u16::MAX as u32) as u16,
-        ws_col: cols.clamp(1, u16::MAX as u32) as u16,
+        ws_row: rows.min(u16::MAX as u32) as u16,
+        ws_col: cols.min(u16::MAX as u32) as u16,
         ws_xpixel: 0,
         ws_ypixel: 0,
     }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod init;
+pub mod sshd;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -1,0 +1,174 @@
+//! Running `envd-sshd` (the static runtime binary) on a free loopback port and talking to it
+//! with the real OpenSSH client tools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::runtime_bin;
+
+/// A running envd-sshd with its own client key, authorized_keys and known_hosts.
+pub struct Sshd {
+    /// Scratch directory: `id_ed25519`, `authorized_keys`, `host_key`, `known_hosts`, `sshd.log`.
+    pub dir: TempDir,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Creates a key pair with ssh-keygen.
+pub fn keygen(path: &Path, kind: &str) {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-N", "", "-t", kind, "-f"]).arg(path);
+    if kind == "rsa" {
+        cmd.args(["-b", "3072"]);
+    }
+    let out = cmd.output().expect("ssh-keygen (package openssh-client) must be installed");
+    assert!(out.status.success(), "ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Sshd {
+    /// Starts envd-sshd with an ed25519 client key authorized, plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Sshd {
+        let dir = tempfile::Builder::new().prefix("envd-sshd-test").tempdir().expect("tempdir");
+        keygen(&dir.path().join("id_ed25519"), "ed25519");
+        std::fs::copy(dir.path().join("id_ed25519.pub"), dir.path().join("authorized_keys"))
+            .expect("authorized_keys");
+        let mut s = Sshd {
+            dir,
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.launch();
+        s
+    }
+
+    /// (Re)starts the server process on the same port, key files and directory.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("sshd.log"))
+            .expect("log");
+        let child = Command::new(runtime_bin("envd-sshd"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--authorized-keys")
+            .arg(self.path("authorized_keys"))
+            .arg("--host-key")
+            .arg(self.path("host_key"))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn envd-sshd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "envd-sshd did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// Common OpenSSH options: our key only, our known_hosts (host key pinned on first use and
+    /// checked after), no user or system config.
+    pub fn opts(&self) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
+            "-o".into(),
+            "StrictHostKeyChecking=accept-new".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("IdentityFile={}", self.path("id_ed25519").display()),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+        ]
+    }
+
+    /// An `ssh` command to this server; add options and the remote command.
+    pub fn ssh(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.opts()).args(["-p", &self.port.to_string()]);
+        c
+    }
+
+    /// Runs `ssh [args] 127.0.0.1 [remote...]` with stdin closed.
+    pub fn run(&self, args: &[&str], remote: &str) -> Output {
+        self.ssh()
+            .args(args)
+            .arg("127.0.0.1")
+            .arg(remote)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// stdout as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
