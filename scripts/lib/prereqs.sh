@@ -2,7 +2,8 @@
 # Idempotent: on a machine that already has everything it returns in a few seconds.
 
 APT_PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv curl ca-certificates
-              musl-tools tini dumb-init iproute2 procps util-linux hyperfine)
+              musl-tools tini dumb-init iproute2 procps util-linux hyperfine
+              zsh fish git)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -17,6 +17,7 @@ pub struct Sshd {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    run_as: Option<(u32, u32)>,
 }
 
 /// A free loopback TCP port.
@@ -42,15 +43,31 @@ pub fn keygen(path: &Path, kind: &str) {
 impl Sshd {
     /// Starts envd-sshd with an ed25519 client key authorized, plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Sshd {
+        Self::start_as(None, extra)
+    }
+
+    /// Like [`Sshd::start`], but the server runs as `uid:gid` (its files are chowned to it), as
+    /// it runs as the environment's user in a real container.
+    pub fn start_as(run_as: Option<(u32, u32)>, extra: &[&str]) -> Sshd {
         let dir = tempfile::Builder::new().prefix("envd-sshd-test").tempdir().expect("tempdir");
         keygen(&dir.path().join("id_ed25519"), "ed25519");
         std::fs::copy(dir.path().join("id_ed25519.pub"), dir.path().join("authorized_keys"))
             .expect("authorized_keys");
+        if let Some((uid, gid)) = run_as {
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
         let mut s = Sshd {
             dir,
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            run_as,
         };
         s.launch();
         s
@@ -63,7 +80,18 @@ impl Sshd {
             .append(true)
             .open(self.path("sshd.log"))
             .expect("log");
-        let child = Command::new(runtime_bin("envd-sshd"))
+        let mut cmd = match self.run_as {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--init-groups")
+                    .arg(runtime_bin("envd-sshd"));
+                c
+            }
+            None => Command::new(runtime_bin("envd-sshd")),
+        };
+        let child = cmd
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--authorized-keys")
