@@ -24,12 +24,38 @@ enum Command {
 enum Debug {
     /// Show where the in-container runtime (envd-init, envd-sshd) is and check it is static.
     Runtime,
+    /// Evaluate build.envd and print the resulting graph as JSON (no BuildKit involved).
+    Graph {
+        /// The build context (the directory holding the build file).
+        #[arg(short, long, default_value = ".")]
+        path: std::path::PathBuf,
+        /// FILE:FUNCTION to evaluate.
+        #[arg(short, long, default_value = "build.envd:build")]
+        from: envd_builder::lang::Entry,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Debug { what: Debug::Runtime } => {
+        Command::Debug {
+            what: Debug::Graph { path, from },
+        } => match envd_builder::lang::evaluate(&path, &from) {
+            Ok(graph) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&graph).unwrap_or_default()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("envd: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Debug {
+            what: Debug::Runtime,
+        } => {
             let mut ok = true;
             for bin in runtime::RUNTIME_BINARIES {
                 match runtime::locate(bin) {

@@ -199,12 +199,18 @@ fn fish_quote(s: &str) -> String {
 pub fn fish_config(setup: &Setup) -> String {
     let mut common = String::new();
     for dir in setup.extra_path.iter().rev() {
-        common.push_str(&format!("fish_add_path --prepend --path {}\n", fish_quote(dir)));
+        common.push_str(&format!(
+            "fish_add_path --prepend --path {}\n",
+            fish_quote(dir)
+        ));
     }
     for (k, v) in &setup.env {
         common.push_str(&format!("set -gx {k} {}\n", fish_quote(v)));
     }
-    common.push_str(&format!("set -gx ENVD_NAME {}\n", fish_quote(&setup.env_name)));
+    common.push_str(&format!(
+        "set -gx ENVD_NAME {}\n",
+        fish_quote(&setup.env_name)
+    ));
     if let Some(venv) = &setup.venv {
         common.push_str(&format!(
             "set -gx VIRTUAL_ENV_DISABLE_PROMPT 1\nif test -f {q}/bin/activate.fish\n  source {q}/bin/activate.fish\nend\n",
@@ -314,7 +320,10 @@ mod tests {
     fn starship_config_is_plain_ascii() {
         let c = starship_config("demo");
         assert!(c.contains("envd:demo"));
-        assert!(c.is_ascii(), "Nerd Font or other non-ASCII symbols slipped in");
+        assert!(
+            c.is_ascii(),
+            "Nerd Font or other non-ASCII symbols slipped in"
+        );
     }
 
     #[test]
@@ -331,7 +340,12 @@ mod tests {
 
     #[test]
     fn each_shell_gets_its_rc_file() {
-        let paths = |s| home_files(s, &setup()).into_iter().map(|f| f.path).collect::<Vec<_>>();
+        let paths = |s| {
+            home_files(s, &setup())
+                .into_iter()
+                .map(|f| f.path)
+                .collect::<Vec<_>>()
+        };
         assert!(paths(Shell::Zsh).contains(&PathBuf::from(".zshrc")));
         assert!(paths(Shell::Fish).contains(&PathBuf::from(".config/fish/config.fish")));
         assert!(paths(Shell::Bash).contains(&PathBuf::from(".bashrc")));

@@ -13,15 +13,71 @@ use tokio::task::AbortHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Relays a channel and a socket both ways: channel data is written straight to the socket and
+/// socket reads of up to 64 KiB (one packet) go straight into the channel, without
+/// `ChannelStream`'s extra buffering. EOF is passed on in both directions.
+pub async fn relay<S>(channel: Channel<Msg>, socket: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rx, tx) = channel.split();
+    let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
+    let upstream = async move {
+        while let Some(msg) = rx.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => {
+                    if sock_wr.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = sock_wr.shutdown().await;
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match sock_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.data(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.eof().await;
+        tx
+    };
+    let (_, tx) = tokio::join!(upstream, downstream);
+    let _ = tx.close().await;
+}
+
+/// Relays both ways with large buffers (tokio's default of 8 KiB halves forwarding throughput).
+pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024).await
+}
+
 /// `ssh -L` / `-D`: connect first, then accept the channel (or refuse it with the reason).
-pub async fn direct_tcpip(channel: Channel<Msg>, host: String, port: u32, reply: ChannelOpenHandle) {
+pub async fn direct_tcpip(
+    channel: Channel<Msg>,
+    host: String,
+    port: u32,
+    reply: ChannelOpenHandle,
+) {
     let target = (host.as_str(), port as u16);
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(mut tcp)) => {
+        Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
             reply.accept().await;
-            let mut stream = channel.into_stream();
-            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+            relay(channel, tcp).await;
         }
         _ => reply.reject(ChannelOpenFailure::ConnectFailed).await,
     }
@@ -30,10 +86,9 @@ pub async fn direct_tcpip(channel: Channel<Msg>, host: String, port: u32, reply:
 /// `ssh -L PORT:/path.sock`.
 pub async fn direct_streamlocal(channel: Channel<Msg>, path: String, reply: ChannelOpenHandle) {
     match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&path)).await {
-        Ok(Ok(mut sock)) => {
+        Ok(Ok(sock)) => {
             reply.accept().await;
-            let mut stream = channel.into_stream();
-            let _ = tokio::io::copy_bidirectional(&mut sock, &mut stream).await;
+            relay(channel, sock).await;
         }
         _ => reply.reject(ChannelOpenFailure::ConnectFailed).await,
     }
@@ -49,7 +104,13 @@ pub struct RemoteForwards {
 impl RemoteForwards {
     /// `tcpip-forward`: listens on `address:port` (loopback unless `gateway_ports`) and opens a
     /// forwarded-tcpip channel per connection. Sets `port` when 0 was asked for.
-    pub async fn add_tcp(&self, handle: Handle, address: &str, port: &mut u32, gateway_ports: bool) -> bool {
+    pub async fn add_tcp(
+        &self,
+        handle: Handle,
+        address: &str,
+        port: &mut u32,
+        gateway_ports: bool,
+    ) -> bool {
         let wildcard = matches!(address, "" | "*" | "0.0.0.0" | "::");
         let bind_addr = if wildcard && gateway_ports {
             "0.0.0.0".to_string()
@@ -71,23 +132,30 @@ impl RemoteForwards {
                 return false;
             }
         };
-        let bound = listener.local_addr().map(|a| a.port() as u32).unwrap_or(*port);
+        let bound = listener
+            .local_addr()
+            .map(|a| a.port() as u32)
+            .unwrap_or(*port);
         if *port == 0 {
             *port = bound;
         }
         let requested = address.to_string();
         let task = tokio::spawn(async move {
-            while let Ok((mut tcp, peer)) = listener.accept().await {
+            while let Ok((tcp, peer)) = listener.accept().await {
                 let handle = handle.clone();
                 let requested = requested.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     if let Ok(channel) = handle
-                        .channel_open_forwarded_tcpip(requested, bound, peer.ip().to_string(), peer.port() as u32)
+                        .channel_open_forwarded_tcpip(
+                            requested,
+                            bound,
+                            peer.ip().to_string(),
+                            peer.port() as u32,
+                        )
                         .await
                     {
-                        let mut stream = channel.into_stream();
-                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+                        relay(channel, tcp).await;
                     }
                 });
             }
@@ -100,7 +168,12 @@ impl RemoteForwards {
 
     /// `cancel-tcpip-forward`.
     pub fn cancel_tcp(&self, address: &str, port: u32) -> bool {
-        match self.tcp.lock().ok().and_then(|mut m| m.remove(&(address.to_string(), port))) {
+        match self
+            .tcp
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(address.to_string(), port)))
+        {
             Some(task) => {
                 task.abort();
                 true
@@ -120,13 +193,14 @@ impl RemoteForwards {
         };
         let socket_path = path.to_string();
         let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
+            while let Ok((conn, _)) = listener.accept().await {
                 let handle = handle.clone();
                 let socket_path = socket_path.clone();
                 tokio::spawn(async move {
-                    if let Ok(channel) = handle.channel_open_forwarded_streamlocal(socket_path).await {
-                        let mut stream = channel.into_stream();
-                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut stream).await;
+                    if let Ok(channel) =
+                        handle.channel_open_forwarded_streamlocal(socket_path).await
+                    {
+                        relay(channel, conn).await;
                     }
                 });
             }

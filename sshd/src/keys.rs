@@ -24,9 +24,14 @@ pub fn load_or_create_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let text = key.to_openssh(LineEnding::LF).context("cannot encode the host key")?;
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .context("cannot encode the host key")?;
     write_private(path, text.as_bytes())?;
-    let public = key.public_key().to_openssh().context("cannot encode the public key")?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("cannot encode the public key")?;
     let _ = std::fs::write(path.with_extension("pub"), format!("{public}\n"));
     Ok(key)
 }
@@ -47,8 +52,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Reads an `authorized_keys` file. Lines with options (`from=...`, `command=...`) are refused
 /// rather than honoured half-way; comments and blank lines are skipped.
 pub fn read_authorized_keys(path: &Path) -> anyhow::Result<Vec<PublicKey>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_authorized_keys(&text)
 }
 
@@ -63,8 +68,15 @@ pub fn parse_authorized_keys(text: &str) -> anyhow::Result<Vec<PublicKey>> {
         match PublicKey::from_openssh(line) {
             Ok(k) => keys.push(k),
             Err(e) => {
-                if line.split_whitespace().next().is_some_and(|w| w.contains('=')) {
-                    tracing::warn!("authorized_keys line {}: key options are not supported; line ignored", n + 1);
+                if line
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.contains('='))
+                {
+                    tracing::warn!(
+                        "authorized_keys line {}: key options are not supported; line ignored",
+                        n + 1
+                    );
                 } else {
                     bail!("authorized_keys line {}: not a public key: {e}", n + 1);
                 }
@@ -87,7 +99,11 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = load_or_create_host_key(&path).unwrap();
-        assert_eq!(a.public_key(), b.public_key(), "the key must survive a restart");
+        assert_eq!(
+            a.public_key(),
+            b.public_key(),
+            "the key must survive a restart"
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub fn resize(master: &impl AsRawFd, cols: u32, rows: u32) {
 
 /// Applies the RFC 4254 terminal modes OpenSSH sends (IUTF8 among them).
 fn apply_modes(t: &mut Termios, modes: &[(Pty, u32)]) {
-    use termios::{InputFlags as I, LocalFlags as L, OutputFlags as O, SpecialCharacterIndices as C};
+    use termios::{
+        InputFlags as I, LocalFlags as L, OutputFlags as O, SpecialCharacterIndices as C,
+    };
     for &(mode, value) in modes {
         let on = value != 0;
         let cc = |t: &mut Termios, idx: C| t.control_chars[idx as usize] = value as u8;

@@ -198,7 +198,11 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tokio::spawn(forward::direct_streamlocal(channel, socket_path.to_string(), reply));
+        tokio::spawn(forward::direct_streamlocal(
+            channel,
+            socket_path.to_string(),
+            reply,
+        ));
         Ok(())
     }
 
@@ -226,7 +230,11 @@ impl russh::server::Handler for Connection {
         session.channel_success(channel)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)
     }
 
@@ -252,7 +260,11 @@ impl russh::server::Handler for Connection {
         }
     }
 
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(true)
     }
 
@@ -277,7 +289,11 @@ impl russh::server::Handler for Connection {
         Ok(self.forwards.cancel_tcp(address, port))
     }
 
-    async fn streamlocal_forward(&mut self, socket_path: &str, session: &mut Session) -> Result<bool, Self::Error> {
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(self.forwards.add_unix(session.handle(), socket_path))
     }
 
@@ -337,17 +353,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             // The grace time covers the version exchange too: a silent client is dropped.
-            let running = match tokio::time::timeout(grace, russh::server::run_stream(config, tcp, handler)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::debug!("{peer}: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!("{peer}: no SSH handshake within {grace:?}; dropped");
-                    return;
-                }
-            };
+            let running =
+                match tokio::time::timeout(grace, russh::server::run_stream(config, tcp, handler))
+                    .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        tracing::debug!("{peer}: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!("{peer}: no SSH handshake within {grace:?}; dropped");
+                        return;
+                    }
+                };
             let handle = running.handle();
             if let Ok(mut list) = sessions.lock() {
                 list.insert(id, handle.clone());
@@ -364,7 +383,11 @@ pub async fn serve(
             if !authenticated.load(Ordering::SeqCst) {
                 tracing::info!("{peer}: not authenticated within {grace:?}; disconnecting");
                 let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "login grace time exceeded".into(), String::new())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        String::new(),
+                    )
                     .await;
                 return;
             }
@@ -380,7 +403,11 @@ pub async fn serve(
         .unwrap_or_default();
     for h in handles {
         let _ = h
-            .disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), String::new())
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "server shutting down".into(),
+                String::new(),
+            )
             .await;
     }
 }

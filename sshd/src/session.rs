@@ -151,7 +151,7 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
                 let (mut ours, theirs) = tokio::io::duplex(256 * 1024);
                 crate::sftp::serve(theirs, ctx.user.home.clone()).await;
                 let mut stream = channel.into_stream();
-                let _ = tokio::io::copy_bidirectional(&mut ours, &mut stream).await;
+                let _ = crate::forward::copy_both(&mut ours, &mut stream).await;
                 let _ = ctx.handle.exit_status_request(id, 0).await;
                 let _ = ctx.handle.close(id).await;
             } else {
@@ -168,7 +168,10 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
         env.insert(k, v);
     }
     if let Some(a) = &agent {
-        env.insert("SSH_AUTH_SOCK".into(), a.path.to_string_lossy().into_owned());
+        env.insert(
+            "SSH_AUTH_SOCK".into(),
+            a.path.to_string_lossy().into_owned(),
+        );
     }
     let cwd = std::env::var_os("ENVD_WORKDIR")
         .map(PathBuf::from)
@@ -215,9 +218,8 @@ fn base_env(ctx: &ConnContext) -> BTreeMap<String, String> {
     env.insert("LOGNAME".into(), user.name.clone());
     env.insert("HOME".into(), user.home.to_string_lossy().into_owned());
     env.insert("SHELL".into(), user.shell.to_string_lossy().into_owned());
-    env.entry("PATH".into()).or_insert_with(|| {
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-    });
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     env.insert(
         "SSH_CONNECTION".into(),
         format!(
@@ -278,7 +280,13 @@ async fn report_exit(ctx: &ConnContext, id: russh::ChannelId, status: std::proce
     if let Some(sig) = status.signal() {
         let _ = ctx
             .handle
-            .exit_signal_request(id, from_signal(sig), status.core_dumped(), String::new(), String::new())
+            .exit_signal_request(
+                id,
+                from_signal(sig),
+                status.core_dumped(),
+                String::new(),
+                String::new(),
+            )
             .await;
     } else {
         let code = status.code().unwrap_or(255) as u32;
@@ -295,6 +303,30 @@ async fn report_spawn_failure(ctx: &ConnContext, channel: &Channel<Msg>, e: &std
     let _ = ctx.handle.exit_status_request(id, 127).await;
     let _ = ctx.handle.eof(id).await;
     let _ = ctx.handle.close(id).await;
+}
+
+/// Bytes read at once from a child's output: one full packet (64 KiB) per read;
+/// tokio's `copy` reads 8 KiB at a time, so russh would send eight times as many packets.
+const CHUNK: usize = 64 * 1024;
+
+/// Copies a child's output into the channel in large chunks.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.flush().await;
 }
 
 /// A command without a PTY: stdin, stdout and stderr stay separate; EOF travels both ways.
@@ -327,21 +359,15 @@ async fn run_pipes(
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let id = channel.id();
     let (mut rx, tx) = channel.split();
-    let (Some(mut stdout), Some(mut stderr), Some(mut stdin)) =
+    let (Some(stdout), Some(stderr), Some(mut stdin)) =
         (child.stdout.take(), child.stderr.take(), child.stdin.take())
     else {
         return Err(std::io::Error::other("child pipes missing"));
     };
-    let mut out_writer = tx.make_writer();
-    let mut err_writer = tx.make_writer_ext(Some(1));
-    let out_task = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut stdout, &mut out_writer).await;
-        let _ = out_writer.flush().await;
-    });
-    let err_task = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut stderr, &mut err_writer).await;
-        let _ = err_writer.flush().await;
-    });
+    let out_writer = tx.make_writer();
+    let err_writer = tx.make_writer_ext(Some(1));
+    let out_task = tokio::spawn(pump(stdout, out_writer));
+    let err_task = tokio::spawn(pump(stderr, err_writer));
     // stdin is written by its own task so a child that does not read can never stall the loop.
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(16);
     let in_task = tokio::spawn(async move {
@@ -485,4 +511,3 @@ async fn run_pty(
     report_exit(ctx, id, status).await;
     Ok(())
 }
-

@@ -199,7 +199,13 @@ impl russh_sftp::server::Handler for Sftp {
         Ok(ok(id))
     }
 
-    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<Data, Self::Error> {
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
         let Some(Open::File(f)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
@@ -212,7 +218,13 @@ impl russh_sftp::server::Handler for Sftp {
         Ok(Data { id, data: buf })
     }
 
-    async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
         let Some(Open::File(f)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
@@ -222,12 +234,18 @@ impl russh_sftp::server::Handler for Sftp {
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
         let meta = fs::symlink_metadata(self.path(&path)).map_err(err)?;
-        Ok(Attrs { id, attrs: attrs_of(&meta) })
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&meta),
+        })
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
         let meta = fs::metadata(self.path(&path)).map_err(err)?;
-        Ok(Attrs { id, attrs: attrs_of(&meta) })
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&meta),
+        })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
@@ -235,15 +253,28 @@ impl russh_sftp::server::Handler for Sftp {
             return Err(StatusCode::Failure);
         };
         let meta = f.metadata().map_err(err)?;
-        Ok(Attrs { id, attrs: attrs_of(&meta) })
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&meta),
+        })
     }
 
-    async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         apply_attrs(&self.path(&path), &attrs).map_err(err)?;
         Ok(ok(id))
     }
 
-    async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         let Some(Open::File(f)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
@@ -256,7 +287,8 @@ impl russh_sftp::server::Handler for Sftp {
         }
         if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
             let to = |t: u32| nix::sys::time::TimeSpec::new(t as i64, 0);
-            nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(f), &to(atime), &to(mtime)).map_err(|e| err(e.into()))?;
+            nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(f), &to(atime), &to(mtime))
+                .map_err(|e| err(e.into()))?;
         }
         Ok(ok(id))
     }
@@ -305,7 +337,12 @@ impl russh_sftp::server::Handler for Sftp {
         Ok(ok(id))
     }
 
-    async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         let p = self.path(&path);
         fs::create_dir(&p).map_err(err)?;
         if let Some(perm) = attrs.permissions {
@@ -333,7 +370,12 @@ impl russh_sftp::server::Handler for Sftp {
         })
     }
 
-    async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
         let (from, to) = (self.path(&oldpath), self.path(&newpath));
         // SFTP v3 rename must not overwrite (OpenSSH's posix-rename extension does).
         if fs::symlink_metadata(&to).is_ok() {
@@ -356,7 +398,12 @@ impl russh_sftp::server::Handler for Sftp {
         })
     }
 
-    async fn symlink(&mut self, id: u32, linkpath: String, targetpath: String) -> Result<Status, Self::Error> {
+    async fn symlink(
+        &mut self,
+        id: u32,
+        linkpath: String,
+        targetpath: String,
+    ) -> Result<Status, Self::Error> {
         // OpenSSH's client sends the arguments swapped relative to the draft; follow OpenSSH.
         std::os::unix::fs::symlink(&linkpath, self.path(&targetpath)).map_err(err)?;
         Ok(ok(id))

@@ -18,7 +18,9 @@ use tonic::{Request, Response, Status};
 use crate::logs::{self, Line};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::{Health, HealthServer};
-use crate::proto::health::{HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse};
+use crate::proto::health::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
+};
 use crate::proto::supervisor::supervisor_server::{Supervisor, SupervisorServer};
 use crate::proto::supervisor::{
     self as pb, ListServicesRequest, ListServicesResponse, LogLine, LogsRequest, ServiceRequest,
@@ -90,10 +92,20 @@ impl Health for Api {
         let mut map = HashMap::new();
         for s in &statuses {
             let status = health_of(&statuses, &s.name).unwrap_or(ServingStatus::Unknown);
-            map.insert(s.name.clone(), HealthCheckResponse { status: status as i32 });
+            map.insert(
+                s.name.clone(),
+                HealthCheckResponse {
+                    status: status as i32,
+                },
+            );
         }
         let overall = health_of(&statuses, "").unwrap_or(ServingStatus::Unknown);
-        map.insert(String::new(), HealthCheckResponse { status: overall as i32 });
+        map.insert(
+            String::new(),
+            HealthCheckResponse {
+                status: overall as i32,
+            },
+        );
         if map.len() > 100 {
             return Err(Status::resource_exhausted("more than 100 services"));
         }
@@ -118,7 +130,9 @@ impl Health for Api {
                 };
                 if last != Some(status) {
                     last = Some(status);
-                    let msg = Ok(HealthCheckResponse { status: status as i32 });
+                    let msg = Ok(HealthCheckResponse {
+                        status: status as i32,
+                    });
                     if tx.send(msg).await.is_err() {
                         return;
                     }
@@ -157,7 +171,10 @@ impl Supervisor for Api {
 
     type LogsStream = BoxStream<LogLine>;
 
-    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let req = request.into_inner();
         let buffer = self
             .shared
@@ -195,12 +212,20 @@ impl Supervisor for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
-    async fn restart(&self, request: Request<ServiceRequest>) -> Result<Response<ServiceStatus>, Status> {
-        self.send(request.into_inner().service, ApiRequest::Restart).await
+    async fn restart(
+        &self,
+        request: Request<ServiceRequest>,
+    ) -> Result<Response<ServiceStatus>, Status> {
+        self.send(request.into_inner().service, ApiRequest::Restart)
+            .await
     }
 
-    async fn stop(&self, request: Request<ServiceRequest>) -> Result<Response<ServiceStatus>, Status> {
-        self.send(request.into_inner().service, ApiRequest::Stop).await
+    async fn stop(
+        &self,
+        request: Request<ServiceRequest>,
+    ) -> Result<Response<ServiceStatus>, Status> {
+        self.send(request.into_inner().service, ApiRequest::Stop)
+            .await
     }
 }
 
@@ -217,7 +242,9 @@ impl Api {
             .map_err(|_| Status::unavailable("the supervisor is stopping"))?;
         match rx.await {
             Ok(Ok(status)) => Ok(Response::new(status)),
-            Ok(Err(message)) if message.starts_with("no service") => Err(Status::not_found(message)),
+            Ok(Err(message)) if message.starts_with("no service") => {
+                Err(Status::not_found(message))
+            }
             Ok(Err(message)) => Err(Status::failed_precondition(message)),
             Err(_) => Err(Status::unavailable("the supervisor is stopping")),
         }

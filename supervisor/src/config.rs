@@ -466,10 +466,8 @@ fn expand_env(text: &str, file: &Path) -> Result<String, ConfigError> {
             return Ok(out);
         };
         let name = &after[..end];
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
             // Not a variable reference (e.g. a shell `${x:-y}`); leave it for the program.
             out.push_str(&rest[start..start + 2]);
@@ -769,7 +767,11 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
         if let Some(first) = by_name.insert(&l.spec.name, l) {
             errors.push(ConfigError {
                 file: l.spec.file.clone(),
-                line: l.text.find("name").map(|o| line_of(&l.text, o)).unwrap_or(0),
+                line: l
+                    .text
+                    .find("name")
+                    .map(|o| line_of(&l.text, o))
+                    .unwrap_or(0),
                 message: format!(
                     "service name {:?} is already used by {}",
                     l.spec.name,
@@ -781,7 +783,11 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
     for l in located {
         let lists = [
             ("start-after", &l.spec.start_after, l.start_after_offset),
-            ("shutdown-after", &l.spec.shutdown_after, l.shutdown_after_offset),
+            (
+                "shutdown-after",
+                &l.spec.shutdown_after,
+                l.shutdown_after_offset,
+            ),
             (
                 "die-if-failed",
                 &l.spec.termination.die_if_failed,
@@ -899,7 +905,7 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);
-        if d <= (word.len().max(2) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+        if d <= ((word.chars().count() + 2) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
@@ -954,7 +960,10 @@ mod tests {
         let s = parse(text).unwrap();
         assert_eq!(s.name, "sshd");
         assert_eq!(s.argv[0], "/var/envd/bin/envd-sshd");
-        assert_eq!(s.working_directory.unwrap(), PathBuf::from("/home/envd/project"));
+        assert_eq!(
+            s.working_directory.unwrap(),
+            PathBuf::from("/home/envd/project")
+        );
         assert!(s.user.is_some());
         assert_eq!(s.start_after, vec!["init_0", "init_1"]);
         assert_eq!(s.restart.strategy, RestartStrategy::OnFailure);
@@ -967,7 +976,10 @@ mod tests {
         let e = parse("command = \"true\"\n\n[restart]\nstrategy = \"always\"\nbakoff = \"1s\"\n")
             .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
-        assert!(e.to_string().starts_with("/etc/envd/services/svc.toml:5: "), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/envd/services/svc.toml:5: "),
+            "{e}"
+        );
         assert!(e.message.contains("bakoff"), "{e}");
     }
 

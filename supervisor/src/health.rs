@@ -76,7 +76,8 @@ pub async fn run(ctx: CheckContext, reports: mpsc::UnboundedSender<HealthReport>
             }
             Err(detail) => {
                 let in_start_period = !healthy && started.elapsed() < ctx.spec.start_period;
-                let due = last_counted.is_none_or(|t| t.elapsed() + STARTUP_RETRY / 2 >= ctx.spec.interval);
+                let due = last_counted
+                    .is_none_or(|t| t.elapsed() + STARTUP_RETRY / 2 >= ctx.spec.interval);
                 if !in_start_period && (healthy || due) {
                     failures += 1;
                     last_counted = Some(Instant::now());
@@ -143,7 +144,10 @@ pub async fn check_once(ctx: &CheckContext) -> Result<(), String> {
             Ok(Err(_)) => return Err("health command status lost".into()),
             Err(_) => {
                 let _ = killpg(pid, Signal::SIGKILL);
-                return Err(format!("health command took longer than {:?}", spec.timeout));
+                return Err(format!(
+                    "health command took longer than {:?}",
+                    spec.timeout
+                ));
             }
         }
     }
@@ -186,5 +190,10 @@ async fn http_status(url: &str) -> Result<u16, String> {
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })
 }

@@ -80,7 +80,11 @@ impl LogBuffer {
         let rx = self.feed.subscribe();
         let lines = match guard {
             Ok(g) => {
-                let skip = if n == 0 { 0 } else { g.0.len().saturating_sub(n) };
+                let skip = if n == 0 {
+                    0
+                } else {
+                    g.0.len().saturating_sub(n)
+                };
                 g.0.iter().skip(skip).cloned().collect()
             }
             Err(_) => Vec::new(),
@@ -145,7 +149,9 @@ impl RotatingFile {
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.rotate_size > 0 && self.size > 0 && self.size + bytes.len() as u64 > self.rotate_size
+        if self.rotate_size > 0
+            && self.size > 0
+            && self.size + bytes.len() as u64 > self.rotate_size
         {
             self.rotate()?;
         }
@@ -252,7 +258,10 @@ mod tests {
         }
         let (all, _) = b.tail(0);
         assert_eq!(all.len(), TAIL_LINES);
-        assert_eq!(all.last().unwrap().text, format!("line {}", TAIL_LINES + 49).into_bytes());
+        assert_eq!(
+            all.last().unwrap().text,
+            format!("line {}", TAIL_LINES + 49).into_bytes()
+        );
         let (last3, _) = b.tail(3);
         assert_eq!(last3.len(), 3);
     }

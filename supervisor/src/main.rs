@@ -216,7 +216,11 @@ async fn ctl_inner(socket: &std::path::Path, action: CtlAction) -> anyhow::Resul
                         s.name,
                         state_name(s.state),
                         health_name(s.health),
-                        if s.pid == 0 { "-".into() } else { s.pid.to_string() },
+                        if s.pid == 0 {
+                            "-".into()
+                        } else {
+                            s.pid.to_string()
+                        },
                         s.restarts,
                         last_exit(s),
                         s.detail
@@ -245,12 +249,20 @@ async fn ctl_inner(socket: &std::path::Path, action: CtlAction) -> anyhow::Resul
             Ok(0)
         }
         CtlAction::Restart { name } => {
-            let s = c.supervisor.restart(ServiceRequest { service: name }).await?.into_inner();
+            let s = c
+                .supervisor
+                .restart(ServiceRequest { service: name })
+                .await?
+                .into_inner();
             println!("{}: {}", s.name, state_name(s.state));
             Ok(0)
         }
         CtlAction::Stop { name } => {
-            let s = c.supervisor.stop(ServiceRequest { service: name }).await?.into_inner();
+            let s = c
+                .supervisor
+                .stop(ServiceRequest { service: name })
+                .await?
+                .into_inner();
             println!("{}: {}", s.name, state_name(s.state));
             Ok(0)
         }

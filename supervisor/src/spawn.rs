@@ -152,10 +152,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Pid> {
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(fd) = cgroup_fd {
-                    let _ = nix::unistd::write(
-                        std::os::fd::BorrowedFd::borrow_raw(fd),
-                        b"0\n",
-                    );
+                    let _ = nix::unistd::write(std::os::fd::BorrowedFd::borrow_raw(fd), b"0\n");
                 }
                 if let Some(id) = &identity {
                     if nix::unistd::getuid().is_root() {

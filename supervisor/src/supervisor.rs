@@ -577,7 +577,12 @@ impl Supervisor {
         })
         .map_err(|e| format!("{:?}: {e}", spec.argv[0]))?;
         let buffer = self.services[idx].logs.clone();
-        tokio::spawn(logs::pump(out_read, Stream::Stdout, out_sink, buffer.clone()));
+        tokio::spawn(logs::pump(
+            out_read,
+            Stream::Stdout,
+            out_sink,
+            buffer.clone(),
+        ));
         tokio::spawn(logs::pump(err_read, Stream::Stderr, err_sink, buffer));
         if spec.health.has_checks() {
             let ctx = CheckContext {
@@ -625,7 +630,10 @@ impl Supervisor {
             self.timer(idx, reset, TimerKind::ResetAttempts);
         } else if s.state == ServiceState::Running || s.state == ServiceState::Starting {
             s.health = Health::Unhealthy;
-            s.note(format!("unhealthy: {}; restarting it as failed", report.detail));
+            s.note(format!(
+                "unhealthy: {}; restarting it as failed",
+                report.detail
+            ));
             s.detail = report.detail;
             // Killed as a failure: the restart policy decides what happens next.
             if let Some(pid) = s.pid {
@@ -745,14 +753,20 @@ impl Supervisor {
             s.attempts_used += 1;
             s.restarts += 1;
             let delay = s.spec.start_delay + s.spec.restart.backoff * s.attempts_used;
-            s.note(format!("exited ({kind}); restart {} in {delay:?}", s.restarts));
+            s.note(format!(
+                "exited ({kind}); restart {} in {delay:?}",
+                s.restarts
+            ));
             s.health = Health::Unknown;
             if delay.is_zero() {
                 s.set_state(ServiceState::Pending, format!("restarting after {kind}"));
                 s.delay_done = true;
                 self.start(idx);
             } else {
-                s.set_state(ServiceState::Backoff, format!("exited ({kind}), restarting"));
+                s.set_state(
+                    ServiceState::Backoff,
+                    format!("exited ({kind}), restarting"),
+                );
                 s.timer_pending = true;
                 self.timer(idx, delay, TimerKind::Start);
             }
@@ -841,7 +855,12 @@ impl Supervisor {
             }
         }
         for d in 0..self.services.len() {
-            if self.services[d].spec.termination.die_if_failed.contains(&name) {
+            if self.services[d]
+                .spec
+                .termination
+                .die_if_failed
+                .contains(&name)
+            {
                 self.services[d].note(format!("stopping: {name} failed (die-if-failed)"));
                 self.stop(d, AfterStop::Stay);
             }
@@ -912,9 +931,7 @@ impl Supervisor {
         crate::info!("stopping the environment");
         self.shutting_down = true;
         for s in &mut self.services {
-            if s.pid.is_none()
-                && matches!(s.state, ServiceState::Pending | ServiceState::Backoff)
-            {
+            if s.pid.is_none() && matches!(s.state, ServiceState::Pending | ServiceState::Backoff) {
                 s.timer_pending = false;
                 s.set_state(ServiceState::Stopped, "environment stopping");
             }
@@ -1068,7 +1085,11 @@ impl Supervisor {
             self.services[idx].note("removed from the services directory; stopping".into());
             self.stop(idx, AfterStop::Remove);
             if let Ok(mut logs) = self.shared.logs.lock() {
-                if self.services.iter().all(|s| s.spec.name != name || s.removed) {
+                if self
+                    .services
+                    .iter()
+                    .all(|s| s.spec.name != name || s.removed)
+                {
                     logs.remove(&name);
                 }
             }

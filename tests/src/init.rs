@@ -79,12 +79,20 @@ impl Init {
         let deadline = Instant::now() + Duration::from_secs(10);
         let me = self.child.id();
         loop {
-            let children =
-                std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+                .unwrap_or_default();
+            if let Some(pid) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
                 return pid;
             }
-            assert!(Instant::now() < deadline, "envd-init did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "envd-init did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -154,7 +162,12 @@ impl Init {
     }
 
     /// Polls the status until `pred` holds (panics with the status and log on timeout).
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let st = self.status();
@@ -189,7 +202,11 @@ pub fn wait_file(path: &Path, timeout: Duration) -> String {
                 return s;
             }
         }
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -41,7 +41,11 @@ pub fn runtime_dir() -> PathBuf {
 /// Path of one runtime binary.
 pub fn runtime_bin(name: &str) -> PathBuf {
     let p = runtime_dir().join(name);
-    assert!(p.exists(), "{} is missing; run scripts/build-runtime", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing; run scripts/build-runtime",
+        p.display()
+    );
     p
 }
 
@@ -60,5 +64,8 @@ pub fn require_docker() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "no Docker engine answers; scripts/test starts dockerd (this test needs it)");
+    assert!(
+        ok,
+        "no Docker engine answers; scripts/test starts dockerd (this test needs it)"
+    );
 }

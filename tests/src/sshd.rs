@@ -36,8 +36,14 @@ pub fn keygen(path: &Path, kind: &str) {
     if kind == "rsa" {
         cmd.args(["-b", "3072"]);
     }
-    let out = cmd.output().expect("ssh-keygen (package openssh-client) must be installed");
-    assert!(out.status.success(), "ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .expect("ssh-keygen (package openssh-client) must be installed");
+    assert!(
+        out.status.success(),
+        "ssh-keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Sshd {
@@ -49,10 +55,16 @@ impl Sshd {
     /// Like [`Sshd::start`], but the server runs as `uid:gid` (its files are chowned to it), as
     /// it runs as the environment's user in a real container.
     pub fn start_as(run_as: Option<(u32, u32)>, extra: &[&str]) -> Sshd {
-        let dir = tempfile::Builder::new().prefix("envd-sshd-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("envd-sshd-test")
+            .tempdir()
+            .expect("tempdir");
         keygen(&dir.path().join("id_ed25519"), "ed25519");
-        std::fs::copy(dir.path().join("id_ed25519.pub"), dir.path().join("authorized_keys"))
-            .expect("authorized_keys");
+        std::fs::copy(
+            dir.path().join("id_ed25519.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
         if let Some((uid, gid)) = run_as {
             let st = Command::new("chown")
                 .arg("-R")
@@ -107,7 +119,11 @@ impl Sshd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "envd-sshd did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "envd-sshd did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -32,7 +32,11 @@ fn start_with_api() -> (Init, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let token_file = p(dir.path(), "token");
-    let init = Init::start(dir, &["--api-listen", &listen, "--api-token-file", &token_file], &[]);
+    let init = Init::start(
+        dir,
+        &["--api-listen", &listen, "--api-token-file", &token_file],
+        &[],
+    );
     init.status();
     (init, format!("http://{listen}"))
 }
@@ -50,7 +54,9 @@ async fn tcp_api_requires_the_bearer_token() {
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
         let err = c
             .health
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
@@ -70,7 +76,9 @@ async fn tcp_api_requires_the_bearer_token() {
 async fn health_check_list_and_watch() {
     let (init, url) = start_with_api();
     let mut c = client::connect_tcp(&url, Some(TOKEN)).await.unwrap();
-    let check = |name: &str| HealthCheckRequest { service: name.into() };
+    let check = |name: &str| HealthCheckRequest {
+        service: name.into(),
+    };
 
     let err = c.health.check(check("nope")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -92,9 +100,17 @@ async fn health_check_list_and_watch() {
     }
     let overall = c.health.check(check("")).await.unwrap().into_inner();
     assert_eq!(overall.status, ServingStatus::NotServing as i32);
-    let list = c.health.list(HealthListRequest {}).await.unwrap().into_inner();
+    let list = c
+        .health
+        .list(HealthListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.statuses.len(), 3, "{list:?}");
-    assert_eq!(list.statuses["slow"].status, ServingStatus::NotServing as i32);
+    assert_eq!(
+        list.statuses["slow"].status,
+        ServingStatus::NotServing as i32
+    );
 
     let mut watch = c.health.watch(check("")).await.unwrap().into_inner();
     let m = watch.message().await.unwrap().unwrap();
@@ -113,7 +129,11 @@ fn api_listen_without_a_token_refuses_to_start() {
     let dir = scratch();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut init = Init::start(dir, &["--api-listen", &listen, "--api-token-file", "/nonexistent"], &[]);
+    let mut init = Init::start(
+        dir,
+        &["--api-listen", &listen, "--api-token-file", "/nonexistent"],
+        &[],
+    );
     assert_eq!(init.wait_exit(Duration::from_secs(10)), 2);
     assert!(init.log().contains("needs a token"), "{}", init.log());
 }
@@ -123,6 +143,9 @@ fn unix_socket_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let init = Init::start(scratch(), &[], &[]);
     init.status();
-    let mode = std::fs::metadata(init.path().join("api.sock")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(init.path().join("api.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }

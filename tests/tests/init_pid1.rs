@@ -10,7 +10,10 @@ use nix::sys::signal::Signal;
 const T: Duration = Duration::from_secs(15);
 
 fn state(init: &Init, name: &str) -> String {
-    init.service(name)["state"].as_str().unwrap_or("").to_string()
+    init.service(name)["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
@@ -37,7 +40,12 @@ fn killed_main_command_gives_128_plus_signal() {
     for (sig, name) in [(9, "KILL"), (15, "TERM"), (10, "USR1"), (2, "INT")] {
         let script = format!("kill -{name} $$");
         let mut init = Init::start(scratch(), &[], &["/bin/sh", "-c", &script]);
-        assert_eq!(init.wait_exit(T), 128 + sig, "signal {name}; log:\n{}", init.log());
+        assert_eq!(
+            init.wait_exit(T),
+            128 + sig,
+            "signal {name}; log:\n{}",
+            init.log()
+        );
     }
 }
 
@@ -108,7 +116,10 @@ fn signals_are_forwarded_to_the_main_command() {
     init.signal(Signal::SIGUSR2);
     assert_eq!(init.wait_exit(T), 7);
     let content = std::fs::read_to_string(init.path().join("got")).unwrap();
-    assert!(!content.contains("HUP"), "SIGHUP means reload, not forward: {content}");
+    assert!(
+        !content.contains("HUP"),
+        "SIGHUP means reload, not forward: {content}"
+    );
 }
 
 #[test]
@@ -119,7 +130,11 @@ fn sigterm_reaches_main_command_and_gives_143() {
     let t = Instant::now();
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 143);
-    assert!(t.elapsed() < Duration::from_millis(500), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -128,7 +143,9 @@ fn without_main_command_sigterm_stops_everything_and_exits_0() {
     write_service(dir.path(), "a", "command = \"sleep 100\"\n");
     write_service(dir.path(), "b", "command = \"sleep 100\"\n");
     let mut init = Init::start(dir, &[], &[]);
-    init.wait_for("both running", T, |s| s.iter().all(|x| x["state"] == "running"));
+    init.wait_for("both running", T, |s| {
+        s.iter().all(|x| x["state"] == "running")
+    });
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 0, "{}", init.log());
 }
@@ -153,7 +170,10 @@ fn restart_strategies_and_attempts() {
     write_service(
         dir.path(),
         "never",
-        &format!("command = \"{}\"\n[restart]\nstrategy = \"never\"\n", count("never")),
+        &format!(
+            "command = \"{}\"\n[restart]\nstrategy = \"never\"\n",
+            count("never")
+        ),
     );
     write_service(
         dir.path(),
@@ -206,7 +226,10 @@ fn restart_strategies_and_attempts() {
     assert_eq!(runs("success"), 1);
     assert_eq!(runs("backoff"), 3);
     // Backoff is linear: 300 ms then 600 ms.
-    assert!(settled >= Duration::from_millis(900), "settled after {settled:?}");
+    assert!(
+        settled >= Duration::from_millis(900),
+        "settled after {settled:?}"
+    );
     assert_eq!(init.service("onfail")["restarts"], 3);
     assert_eq!(state(&init, "success"), "finished");
     assert_eq!(state(&init, "never"), "failed");
@@ -231,11 +254,17 @@ fn restart_with_zero_backoff_is_fast() {
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(stamps.len(), 11);
-    let gaps: Vec<u128> = stamps.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    let gaps: Vec<u128> = stamps
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
     let mut sorted = gaps.clone();
     sorted.sort();
     // Each gap includes starting /bin/sh and `date`; the median must stay well under 20 ms.
-    assert!(sorted[sorted.len() / 2] < 20, "restart gaps in ms: {gaps:?}");
+    assert!(
+        sorted[sorted.len() / 2] < 20,
+        "restart gaps in ms: {gaps:?}"
+    );
 }
 
 #[test]
@@ -283,7 +312,8 @@ fn health_checks_of_every_kind() {
     assert_eq!(state(&init, "cmd"), "starting");
     std::fs::write(init.path().join("cmd-ok"), "").unwrap();
     init.wait_for("cmd healthy", T, |s| {
-        s.iter().any(|x| x["name"] == "cmd" && x["health"] == "healthy")
+        s.iter()
+            .any(|x| x["name"] == "cmd" && x["health"] == "healthy")
     });
 }
 
@@ -322,10 +352,15 @@ fn start_after_order_and_reverse_stop_order() {
     write_service(
         dir.path(),
         "web",
-        &format!("command = \"{}\"\nstart-after = [\"api\"]\nstart-delay = \"200ms\"\n", svc("web")),
+        &format!(
+            "command = \"{}\"\nstart-after = [\"api\"]\nstart-delay = \"200ms\"\n",
+            svc("web")
+        ),
     );
     let mut init = Init::start(dir, &[], &[]);
-    init.wait_for("all running", T, |s| s.iter().all(|x| x["state"] == "running"));
+    init.wait_for("all running", T, |s| {
+        s.iter().all(|x| x["state"] == "running")
+    });
     std::thread::sleep(Duration::from_millis(200));
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 0, "{}", init.log());
@@ -336,7 +371,14 @@ fn start_after_order_and_reverse_stop_order() {
         .collect();
     assert_eq!(
         got,
-        ["start-db", "start-api", "start-web", "stop-web", "stop-api", "stop-db"],
+        [
+            "start-db",
+            "start-api",
+            "start-web",
+            "stop-web",
+            "stop-api",
+            "stop-db"
+        ],
         "{}",
         init.log()
     );
@@ -397,8 +439,16 @@ fn die_if_failed_and_kill_dependents() {
         "base",
         "command = \"/bin/sh -c 'sleep 0.5; exit 9'\"\n[failure]\nstrategy = \"kill-dependents\"\n",
     );
-    write_service(dir.path(), "dependent", "command = \"sleep 100\"\nstart-after = [\"base\"]\n");
-    write_service(dir.path(), "watcher", "command = \"sleep 100\"\n[termination]\ndie-if-failed = [\"base\"]\n");
+    write_service(
+        dir.path(),
+        "dependent",
+        "command = \"sleep 100\"\nstart-after = [\"base\"]\n",
+    );
+    write_service(
+        dir.path(),
+        "watcher",
+        "command = \"sleep 100\"\n[termination]\ndie-if-failed = [\"base\"]\n",
+    );
     write_service(dir.path(), "bystander", "command = \"sleep 100\"\n");
     let init = Init::start(dir, &[], &[]);
     init.wait_for("base failed and watcher stopped", T, |s| {
@@ -432,8 +482,18 @@ fn environment_rules() {
     let init = Init::start(dir, &[], &[]);
     let env = wait_file(std::path::Path::new(&out), T);
     let keep = wait_file(std::path::Path::new(&format!("{out}-keep")), T);
-    for needed in ["USER=", "HOME=", "PATH=", "HOSTNAME=", "EXTRA=yes", "ENVD_TEST_REEXPORT=re"] {
-        assert!(env.lines().any(|l| l.starts_with(needed)), "missing {needed} in:\n{env}");
+    for needed in [
+        "USER=",
+        "HOME=",
+        "PATH=",
+        "HOSTNAME=",
+        "EXTRA=yes",
+        "ENVD_TEST_REEXPORT=re",
+    ] {
+        assert!(
+            env.lines().any(|l| l.starts_with(needed)),
+            "missing {needed} in:\n{env}"
+        );
     }
     assert!(!env.contains("ENVD_TEST_HIDDEN"), "{env}");
     assert!(keep.contains("ENVD_TEST_HIDDEN=hidden"), "{keep}");
@@ -456,8 +516,14 @@ fn user_switches_uid_gid_and_groups() {
     );
     let init = Init::start(dir, &[], &[]);
     let id = wait_file(std::path::Path::new(&out), T);
-    assert!(id.starts_with("uid=65534(nobody) gid=65534(nogroup)"), "{id}");
-    assert!(!id.contains("groups=0") && !id.contains("(root)"), "kept root's group: {id}");
+    assert!(
+        id.starts_with("uid=65534(nobody) gid=65534(nogroup)"),
+        "{id}"
+    );
+    assert!(
+        !id.contains("groups=0") && !id.contains("(root)"),
+        "kept root's group: {id}"
+    );
     let id = wait_file(std::path::Path::new(&format!("{out}-daemon")), T);
     assert!(id.starts_with("uid=1(daemon) gid=1(daemon)"), "{id}");
     drop(init);
@@ -470,7 +536,9 @@ fn sighup_reloads_added_removed_and_changed_services() {
     write_service(dir.path(), "goes", "command = \"sleep 100\"\n");
     write_service(dir.path(), "changes", "command = \"sleep 100\"\n");
     let init = Init::start(dir, &[], &[]);
-    init.wait_for("running", T, |s| s.len() == 3 && s.iter().all(|x| x["state"] == "running"));
+    init.wait_for("running", T, |s| {
+        s.len() == 3 && s.iter().all(|x| x["state"] == "running")
+    });
     let stay_pid = init.service("stay")["pid"].clone();
     let changes_pid = init.service("changes")["pid"].clone();
     std::fs::remove_file(init.path().join("services/goes.toml")).unwrap();
@@ -482,11 +550,20 @@ fn sighup_reloads_added_removed_and_changed_services() {
         names.len() == 3
             && !names.contains(&"goes")
             && s.iter().all(|x| x["state"] == "running")
-            && s.iter().any(|x| x["name"] == "changes" && x["pid"] != changes_pid)
+            && s.iter()
+                .any(|x| x["name"] == "changes" && x["pid"] != changes_pid)
     });
-    assert_eq!(init.service("stay")["pid"], stay_pid, "an unchanged service was restarted");
+    assert_eq!(
+        init.service("stay")["pid"],
+        stay_pid,
+        "an unchanged service was restarted"
+    );
     // A broken file on reload is refused, and everything keeps running.
-    write_service(init.path(), "broken", "command = \"sleep 1\"\nbogus-key = 1\n");
+    write_service(
+        init.path(),
+        "broken",
+        "command = \"sleep 1\"\nbogus-key = 1\n",
+    );
     init.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert!(init.log().contains("broken.toml:2"), "{}", init.log());
@@ -496,10 +573,26 @@ fn sighup_reloads_added_removed_and_changed_services() {
 #[test]
 fn bad_service_files_stop_start_up_with_located_errors() {
     let cases = [
-        ("command = \"true\"\n[restart]\nstrategy = \"always\"\nbakoff = \"1s\"\n", ":4:", "bakoff"),
-        ("command = \"true\"\n[termination]\nsignal = \"SIGFOO\"\n", ":3:", "unknown signal"),
-        ("command = \"true\"\nstart-after = [\"nothere\"]\n", ":2:", "unknown service"),
-        ("name = \"x\"\n\ncommand = \"sh -c 'unclosed\"\n", ":3:", "unbalanced"),
+        (
+            "command = \"true\"\n[restart]\nstrategy = \"always\"\nbakoff = \"1s\"\n",
+            ":4:",
+            "bakoff",
+        ),
+        (
+            "command = \"true\"\n[termination]\nsignal = \"SIGFOO\"\n",
+            ":3:",
+            "unknown signal",
+        ),
+        (
+            "command = \"true\"\nstart-after = [\"nothere\"]\n",
+            ":2:",
+            "unknown service",
+        ),
+        (
+            "name = \"x\"\n\ncommand = \"sh -c 'unclosed\"\n",
+            ":3:",
+            "unbalanced",
+        ),
     ];
     for (text, line, what) in cases {
         let dir = scratch();
@@ -512,8 +605,16 @@ fn bad_service_files_stop_start_up_with_located_errors() {
     }
     // A cycle.
     let dir = scratch();
-    write_service(dir.path(), "a", "command = \"true\"\nstart-after = [\"b\"]\n");
-    write_service(dir.path(), "b", "command = \"true\"\nstart-after = [\"a\"]\n");
+    write_service(
+        dir.path(),
+        "a",
+        "command = \"true\"\nstart-after = [\"b\"]\n",
+    );
+    write_service(
+        dir.path(),
+        "b",
+        "command = \"true\"\nstart-after = [\"a\"]\n",
+    );
     let mut init = Init::start(dir, &[], &[]);
     assert_eq!(init.wait_exit(T), 2);
     assert!(init.log().contains("cycle"), "{}", init.log());
@@ -535,7 +636,8 @@ fn logs_go_to_files_and_the_api() {
     let deadline = Instant::now() + T;
     let mut text = String::new();
     while Instant::now() < deadline {
-        text = String::from_utf8_lossy(&init.ctl(&["logs", "talk", "--tail", "0"]).stdout).into_owned();
+        text = String::from_utf8_lossy(&init.ctl(&["logs", "talk", "--tail", "0"]).stdout)
+            .into_owned();
         if text.contains("out-3") && text.contains("err-3") {
             break;
         }
@@ -543,7 +645,8 @@ fn logs_go_to_files_and_the_api() {
     }
     assert!(content.contains("out-1"), "{content}");
     assert!(text.contains("out-3") && text.contains("err-3"), "{text}");
-    let last = String::from_utf8_lossy(&init.ctl(&["logs", "talk", "--tail", "1"]).stdout).into_owned();
+    let last =
+        String::from_utf8_lossy(&init.ctl(&["logs", "talk", "--tail", "1"]).stdout).into_owned();
     assert_eq!(last.lines().count(), 1, "{last}");
 }
 
@@ -555,7 +658,9 @@ fn ctl_restart_and_stop() {
     init.wait_for("running", T, |s| s[0]["state"] == "running");
     let pid = init.service("svc")["pid"].clone();
     assert!(init.ctl(&["restart", "svc"]).status.success());
-    init.wait_for("restarted", T, |s| s[0]["state"] == "running" && s[0]["pid"] != pid);
+    init.wait_for("restarted", T, |s| {
+        s[0]["state"] == "running" && s[0]["pid"] != pid
+    });
     assert!(init.ctl(&["stop", "svc"]).status.success());
     init.wait_for("stopped", T, |s| s[0]["state"] == "stopped");
     let out = init.ctl(&["restart", "nope"]);
@@ -576,8 +681,7 @@ fn horust_example_files_parse() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        envd_supervisor::config::parse_service(&path, &text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        envd_supervisor::config::parse_service(&path, &text).unwrap_or_else(|e| panic!("{e}"));
         n += 1;
     }
     assert!(n >= 4, "expected Horust's 4 example files, found {n}");

@@ -36,8 +36,15 @@ fn host_envd_finds_the_runtime_through_envd_runtime_dir() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("envd-init:") && text.contains("(static)"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("envd-init:") && text.contains("(static)"),
+        "{text}"
+    );
     // And refuses a dynamically linked impostor.
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/true", dir.path().join("envd-init")).unwrap();
@@ -76,7 +83,15 @@ fn envd_init_is_pid_1_of_a_real_container_built_from_nothing() {
     import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
     assert!(import.wait().unwrap().success());
     let out = Command::new("docker")
-        .args(["run", "--rm", tag, "/envd-init", "--services", "/services", "--check"])
+        .args([
+            "run",
+            "--rm",
+            tag,
+            "/envd-init",
+            "--services",
+            "/services",
+            "--check",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -94,12 +109,23 @@ fn envd_init_passes_exit_codes_as_pid_1_in_debian() {
         .args(["image", "inspect", "debian:bookworm"])
         .output()
         .unwrap();
-    assert!(status.status.success(), "debian:bookworm is missing; scripts/test creates it");
+    assert!(
+        status.status.success(),
+        "debian:bookworm is missing; scripts/test creates it"
+    );
     let mount = format!("{}:/envd:ro", runtime_dir().display());
     for (script, code) in [("exit 42", 42), ("kill -TERM $$", 143), ("exit 0", 0)] {
         let out = Command::new("docker")
             .args(["run", "--rm", "-v", &mount, "debian:bookworm"])
-            .args(["/envd/envd-init", "--services", "/tmp", "--", "/bin/sh", "-c", script])
+            .args([
+                "/envd/envd-init",
+                "--services",
+                "/tmp",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ])
             .output()
             .unwrap();
         assert_eq!(

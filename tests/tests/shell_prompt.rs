@@ -22,8 +22,15 @@ impl TestUser {
             "{} is not installed; scripts/test installs zsh and fish",
             shell.path()
         );
-        let home = tempfile::Builder::new().prefix("envd-shell-home").tempdir().unwrap();
-        let name = format!("envdsh{}{}", std::process::id() % 100000, shell.path().len());
+        let home = tempfile::Builder::new()
+            .prefix("envd-shell-home")
+            .tempdir()
+            .unwrap();
+        let name = format!(
+            "envdsh{}{}",
+            std::process::id() % 100000,
+            shell.path().len()
+        );
         let _ = Command::new("userdel").arg(&name).output();
         let out = Command::new("useradd")
             .args(["-M", "-U", "-s", shell.path(), "-d"])
@@ -31,7 +38,11 @@ impl TestUser {
             .arg(&name)
             .output()
             .unwrap();
-        assert!(out.status.success(), "useradd: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
         TestUser {
             name,
@@ -51,7 +62,11 @@ impl Drop for TestUser {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Logs in interactively (python's pty module plays the terminal), waits for the prompt, runs
@@ -59,7 +74,12 @@ fn run(cmd: &mut Command) {
 fn interactive_login(s: &Sshd) -> String {
     let mut argv = vec!["ssh".to_string()];
     argv.extend(s.opts());
-    argv.extend(["-tt".into(), "-p".into(), s.port.to_string(), "127.0.0.1".into()]);
+    argv.extend([
+        "-tt".into(),
+        "-p".into(),
+        s.port.to_string(),
+        "127.0.0.1".into(),
+    ]);
     let script = r#"
 import os, pty, sys, time, json, re
 argv = json.loads(sys.argv[1])
@@ -97,7 +117,9 @@ fn prompt_test(shell: Shell) {
     let user = TestUser::create(shell);
     let home = user.home.path();
     let venv = home.join(".venv");
-    run(Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&venv));
+    run(Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv));
     let setup = Setup {
         env_name: "demo".into(),
         extra_path: vec![],
@@ -112,16 +134,28 @@ fn prompt_test(shell: Shell) {
     }
     let project = home.join("project");
     std::fs::create_dir(&project).unwrap();
-    run(Command::new("git").args(["init", "-q", "-b", "feature-x"]).arg(&project));
-    run(Command::new("chown").arg("-R").arg(format!("{}:{}", user.uid, user.gid)).arg(home));
+    run(Command::new("git")
+        .args(["init", "-q", "-b", "feature-x"])
+        .arg(&project));
+    run(Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(home));
     let s = Sshd::start_as(Some((user.uid, user.gid)), &["--shell", shell.path()]);
     let screen = interactive_login(&s);
     for expected in ["[envd:demo] ", "git:feature-x ", "py:.venv ", "x 1 "] {
-        assert!(screen.contains(expected), "{shell:?}: {expected:?} missing from:\n{screen}\n{}", s.log());
+        assert!(
+            screen.contains(expected),
+            "{shell:?}: {expected:?} missing from:\n{screen}\n{}",
+            s.log()
+        );
     }
     // The login environment: the rc file's variables reach commands too (bash -c reads
     // nothing, so check through an interactive login shell's view).
-    assert!(!screen.contains("command not found"), "{shell:?}:\n{screen}");
+    assert!(
+        !screen.contains("command not found"),
+        "{shell:?}:\n{screen}"
+    );
 }
 
 #[test]

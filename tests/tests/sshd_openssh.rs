@@ -31,7 +31,10 @@ fn stdin_and_eof_travel_both_ways() {
     let data = vec![b'x'; 300_000];
     child.stdin.take().unwrap().write_all(&data).unwrap();
     let o = child.wait_with_output().unwrap();
-    assert_eq!(stdout(&o).split_whitespace().collect::<Vec<_>>(), ["300000", "done"]);
+    assert_eq!(
+        stdout(&o).split_whitespace().collect::<Vec<_>>(),
+        ["300000", "done"]
+    );
 }
 
 #[test]
@@ -40,14 +43,22 @@ fn exit_signal_is_reported() {
     let o = s.run(&["-v"], "kill -TERM $$");
     // OpenSSH exits 255 when the remote command was killed by a signal, and says which.
     assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
-    assert!(stderr(&o).contains("signal TERM") || stderr(&o).contains("exit-signal"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signal TERM") || stderr(&o).contains("exit-signal"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn client_signal_requests_are_delivered() {
     // OpenSSH's client cannot send a `signal` channel request, so asyncssh (PyPI) does it.
     let python = envd_e2e::workspace_root().join("target/peers/venv/bin/python");
-    assert!(python.exists(), "{} missing: scripts/test installs asyncssh", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: scripts/test installs asyncssh",
+        python.display()
+    );
     let s = Sshd::start(&[]);
     let script = r#"
 import asyncio, asyncssh, sys
@@ -71,7 +82,12 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3] == "pty"))
             .output()
             .unwrap();
         // With a PTY the foreground `sleep` gets the signal too and bash reports it first.
-        assert!(stdout(&o).trim().ends_with("got-usr1 4"), "{mode}: {}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).trim().ends_with("got-usr1 4"),
+            "{mode}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
     }
 }
 
@@ -81,28 +97,57 @@ fn only_public_keys_are_accepted() {
     // No password or keyboard-interactive is offered.
     let o = Command::new("ssh")
         .args(s.opts())
-        .args(["-p", &s.port.to_string(), "-o", "PreferredAuthentications=password,keyboard-interactive"])
+        .args([
+            "-p",
+            &s.port.to_string(),
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+        ])
         .args(["127.0.0.1", "true"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("Permission denied (publickey)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&o)
+    );
     // An unknown key is refused.
     keygen(&s.path("stranger"), "ed25519");
-    let o = s.run(&["-o", &format!("IdentityFile={}", s.path("stranger").display())], "true");
+    let o = s.run(
+        &[
+            "-o",
+            &format!("IdentityFile={}", s.path("stranger").display()),
+        ],
+        "true",
+    );
     // IdentityFile adds to the list; use a config with only the stranger key.
     let o2 = Command::new("ssh")
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", s.path("known_hosts").display()))
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            s.path("known_hosts").display()
+        ))
         .args(["-o", "StrictHostKeyChecking=accept-new", "-i"])
         .arg(s.path("stranger"))
         .args(["-p", &s.port.to_string(), "127.0.0.1", "true"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "the authorized key is still tried first");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the authorized key is still tried first"
+    );
     assert_eq!(o2.status.code(), Some(255), "{}", stderr(&o2));
     assert!(stderr(&o2).contains("Permission denied"), "{}", stderr(&o2));
 }
@@ -113,12 +158,26 @@ fn rsa_and_ecdsa_keys_work() {
     for kind in ["rsa", "ecdsa"] {
         let key = s.path(&format!("id_{kind}"));
         keygen(&key, kind);
-        let mut auth = std::fs::OpenOptions::new().append(true).open(s.path("authorized_keys")).unwrap();
-        auth.write_all(&std::fs::read(key.with_extension("pub")).unwrap()).unwrap();
+        let mut auth = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.path("authorized_keys"))
+            .unwrap();
+        auth.write_all(&std::fs::read(key.with_extension("pub")).unwrap())
+            .unwrap();
         let o = Command::new("ssh")
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", s.path("known_hosts").display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                s.path("known_hosts").display()
+            ))
             .args(["-o", "StrictHostKeyChecking=accept-new", "-i"])
             .arg(&key)
             .args(["-p", &s.port.to_string(), "127.0.0.1", "echo ok"])
@@ -135,7 +194,13 @@ fn rsa_and_ecdsa_keys_work() {
 fn in_terminal(s: &Sshd, remote: &str, resize_on: &str, until: &str) -> String {
     let mut argv = vec!["ssh".to_string()];
     argv.extend(s.opts());
-    argv.extend(["-tt".into(), "-p".into(), s.port.to_string(), "127.0.0.1".into(), remote.into()]);
+    argv.extend([
+        "-tt".into(),
+        "-p".into(),
+        s.port.to_string(),
+        "127.0.0.1".into(),
+        remote.into(),
+    ]);
     let script = r#"
 import os, pty, sys, time, fcntl, termios, struct, json
 argv, resize_on, until = json.loads(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].encode()
@@ -164,7 +229,13 @@ while time.time() < deadline:
 sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
 "#;
     let o = Command::new("python3")
-        .args(["-c", script, &serde_json::to_string(&argv).unwrap(), resize_on, until])
+        .args([
+            "-c",
+            script,
+            &serde_json::to_string(&argv).unwrap(),
+            resize_on,
+            until,
+        ])
         .output()
         .unwrap();
     stdout(&o) + &stderr(&o)
@@ -185,7 +256,10 @@ fn pty_session_has_a_controlling_terminal_modes_and_term() {
     assert!(out.contains("SSH_TTY=/dev/pts/"), "{out}");
     assert!(lines.contains(&"24 80"), "initial size not applied: {out}");
     assert!(lines.contains(&"iutf8"), "IUTF8 not applied: {out}");
-    assert!(lines.iter().any(|l| l.starts_with("pts/")), "no controlling tty: {out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("pts/")),
+        "no controlling tty: {out}"
+    );
 }
 
 #[test]
@@ -212,7 +286,9 @@ fn environment_is_what_openssh_sets() {
         .output()
         .unwrap();
     let env = stdout(&o);
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap();
     for needed in [
         format!("USER={}", user.name),
         format!("LOGNAME={}", user.name),
@@ -224,14 +300,21 @@ fn environment_is_what_openssh_sets() {
         "LANG=C.UTF-8".into(),
         "LC_TIME=C".into(),
     ] {
-        assert!(env.lines().any(|l| l.starts_with(&needed)), "missing {needed}:\n{env}");
+        assert!(
+            env.lines().any(|l| l.starts_with(&needed)),
+            "missing {needed}:\n{env}"
+        );
     }
     assert!(!env.contains("SSH_TTY="), "no PTY, so no SSH_TTY:\n{env}");
 }
 
 fn start_agent(s: &Sshd) -> (String, u32) {
     let sock = s.path("agent.sock");
-    let o = Command::new("ssh-agent").arg("-a").arg(&sock).output().unwrap();
+    let o = Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&sock)
+        .output()
+        .unwrap();
     let text = stdout(&o);
     let pid: u32 = text
         .split("SSH_AGENT_PID=")
@@ -253,26 +336,41 @@ fn agent_forwarding_in_exec_sessions_and_a_nested_login_signs_through_it() {
     let s = Sshd::start(&[]);
     let (sock, agent_pid) = start_agent(&s);
     let fingerprint = stdout(
-        &Command::new("ssh-keygen").arg("-lf").arg(s.path("id_ed25519.pub")).output().unwrap(),
+        &Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(s.path("id_ed25519.pub"))
+            .output()
+            .unwrap(),
     );
     let fp = fingerprint.split_whitespace().nth(1).unwrap().to_string();
     // Non-PTY exec, as VS Code uses it.
     let o = s
         .ssh()
         .env("SSH_AUTH_SOCK", &sock)
-        .args(["-A", "127.0.0.1", "ssh-add -l; stat -c %a $(dirname $SSH_AUTH_SOCK); echo $SSH_AUTH_SOCK"])
+        .args([
+            "-A",
+            "127.0.0.1",
+            "ssh-add -l; stat -c %a $(dirname $SSH_AUTH_SOCK); echo $SSH_AUTH_SOCK",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let out = stdout(&o);
-    assert!(out.contains(&fp), "agent keys not listed: {out}{}", stderr(&o));
+    assert!(
+        out.contains(&fp),
+        "agent keys not listed: {out}{}",
+        stderr(&o)
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[lines.len() - 2], "700", "{out}");
     let remote_sock = lines[lines.len() - 1].to_string();
     // The socket is removed at disconnect.
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&remote_sock).exists() {
-        assert!(Instant::now() < deadline, "{remote_sock} still exists after disconnect");
+        assert!(
+            Instant::now() < deadline,
+            "{remote_sock} still exists after disconnect"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // From inside, an ssh login that can only authenticate through the forwarded agent.
@@ -292,7 +390,10 @@ fn agent_forwarding_in_exec_sessions_and_a_nested_login_signs_through_it() {
     // Without -A there is no agent.
     let o = s.run(&[], "echo [$SSH_AUTH_SOCK]");
     assert_eq!(stdout(&o), "[]\n");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent_pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
 }
 
 /// A one-shot TCP echo server prefixing replies, returning its port.
@@ -402,7 +503,10 @@ fn local_dynamic_and_unix_socket_forwarding() {
     c.write_all(&req).unwrap();
     let mut rep = [0u8; 10];
     let n = c.read(&mut rep).unwrap_or(0);
-    assert!(n == 0 || rep[1] != 0, "connect to a closed port reported success");
+    assert!(
+        n == 0 || rep[1] != 0,
+        "connect to a closed port reported success"
+    );
 }
 
 #[test]
@@ -427,12 +531,18 @@ fn remote_forwarding_binds_loopback_and_cancels() {
         .find(|l| l.contains(&format!(":{rport} ")))
         .unwrap_or_default()
         .to_string();
-    assert!(line.contains(&format!("127.0.0.1:{rport}")), "bound as: {line}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{rport}")),
+        "bound as: {line}"
+    );
     // Closing the client cancels the listener.
     drop(fwd);
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect(("127.0.0.1", rport)).is_ok() {
-        assert!(Instant::now() < deadline, "remote listener survived the client");
+        assert!(
+            Instant::now() < deadline,
+            "remote listener survived the client"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -466,7 +576,12 @@ fn sftp_and_scp_move_files_intact() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(std::fs::read(&down).unwrap(), data);
@@ -506,7 +621,12 @@ fn silent_and_excess_unauthenticated_connections_are_dropped() {
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = [0u8; 256];
     let n = c.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "third connection got {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        n,
+        0,
+        "third connection got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     // The first two are dropped after the grace time.
     let t = Instant::now();
     for mut conn in [a, b] {
@@ -514,7 +634,11 @@ fn silent_and_excess_unauthenticated_connections_are_dropped() {
         let mut all = Vec::new();
         let _ = conn.read_to_end(&mut all);
     }
-    assert!(t.elapsed() < Duration::from_secs(4), "grace time not enforced: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "grace time not enforced: {:?}",
+        t.elapsed()
+    );
     // A real client still gets in afterwards.
     assert_eq!(stdout(&s.run(&[], "echo in")), "in\n");
 }
@@ -523,7 +647,9 @@ fn silent_and_excess_unauthenticated_connections_are_dropped() {
 fn host_key_survives_restart_and_sigterm_stops_cleanly() {
     let mut s = Sshd::start(&[]);
     assert_eq!(stdout(&s.run(&[], "echo one")), "one\n");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s.path("host_key")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.path("host_key")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(s.stop(), Some(0), "{}", s.log());
     s.launch();
@@ -551,12 +677,23 @@ wait
 "#;
     let mut child = s
         .ssh()
-        .args(["-T", "-D", &format!("127.0.0.1:{socks}"), "127.0.0.1", "bash"])
+        .args([
+            "-T",
+            "-D",
+            &format!("127.0.0.1:{socks}"),
+            "127.0.0.1",
+            "bash",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.as_mut().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -564,16 +701,29 @@ wait
         let mut buf = [0u8; 256];
         let n = out.read(&mut buf).unwrap();
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(p) = seen.split("listeningOn==").nth(1).and_then(|r| r.split("==").next()) {
+        if let Some(p) = seen
+            .split("listeningOn==")
+            .nth(1)
+            .and_then(|r| r.split("==").next())
+        {
             if let Ok(p) = p.parse() {
                 break p;
             }
         }
-        assert!(n > 0 && Instant::now() < deadline, "no port printed: {seen}");
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "no port printed: {seen}"
+        );
     };
     wait_port(socks);
     let curl = Command::new("curl")
-        .args(["-s", "--max-time", "10", "--socks5-hostname", &format!("127.0.0.1:{socks}")])
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            &format!("127.0.0.1:{socks}"),
+        ])
         .arg(format!("http://127.0.0.1:{port}/index.html"))
         .output()
         .unwrap();
@@ -584,7 +734,11 @@ wait
 #[test]
 fn ssh_audit_reports_no_failure() {
     let audit = envd_e2e::workspace_root().join("target/peers/venv/bin/ssh-audit");
-    assert!(audit.exists(), "{} missing: scripts/test installs ssh-audit from PyPI", audit.display());
+    assert!(
+        audit.exists(),
+        "{} missing: scripts/test installs ssh-audit from PyPI",
+        audit.display()
+    );
     let s = Sshd::start(&[]);
     let o = Command::new(&audit)
         .args(["-n", "-p", &s.port.to_string(), "127.0.0.1"])
@@ -592,7 +746,15 @@ fn ssh_audit_reports_no_failure() {
         .unwrap();
     let text = stdout(&o);
     // Exit codes: 0 good, 2 warnings, 3 failures.
-    assert_ne!(o.status.code(), Some(3), "ssh-audit found failures:\n{text}");
-    assert!(matches!(o.status.code(), Some(0) | Some(2)), "ssh-audit did not run:\n{text}{}", stderr(&o));
+    assert_ne!(
+        o.status.code(),
+        Some(3),
+        "ssh-audit found failures:\n{text}"
+    );
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(2)),
+        "ssh-audit did not run:\n{text}{}",
+        stderr(&o)
+    );
     assert!(!text.contains("(fail)"), "{text}");
 }

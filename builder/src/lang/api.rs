@@ -1,0 +1,531 @@
+//! envd's v1 build-file API as Starlark built-ins, with envd's parameter names and defaults.
+//! Every call records into the [`Recorder`] held in the evaluator's `extra`.
+
+use std::collections::BTreeMap;
+
+use starlark::environment::GlobalsBuilder;
+use starlark::eval::Evaluator;
+use starlark::starlark_module;
+use starlark::values::dict::UnpackDictEntries;
+use starlark::values::list_or_tuple::UnpackListOrTuple;
+use starlark::values::none::NoneType;
+use starlark::values::Value;
+
+use super::Recorder;
+use crate::graph::{
+    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex,
+    RunStep,
+};
+
+fn recorder<'a>(eval: &'a Evaluator) -> anyhow::Result<&'a Recorder> {
+    eval.extra
+        .and_then(|e| e.downcast_ref::<Recorder>())
+        .ok_or_else(|| anyhow::anyhow!("internal error: no build graph to record into"))
+}
+
+fn list(v: Option<UnpackListOrTuple<String>>) -> Vec<String> {
+    v.map(|l| l.items).unwrap_or_default()
+}
+
+fn some_nonempty(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// The universe: `base`, `shell`, `run`, `git_config`, `include`.
+#[starlark_module]
+pub fn universe(builder: &mut GlobalsBuilder) {
+    /// The base image, and whether it is a development environment.
+    fn base(
+        #[starlark(default = "ubuntu:22.04")] image: &str,
+        #[starlark(default = false)] dev: bool,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let mut g = recorder(eval)?.graph.borrow_mut();
+        g.image = image.to_string();
+        g.dev = dev;
+        Ok(NoneType)
+    }
+
+    /// The interactive shell: bash, zsh or fish.
+    fn shell(
+        #[starlark(require = pos, default = "bash")] name: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        if !matches!(name, "bash" | "zsh" | "fish") {
+            anyhow::bail!("shell({name:?}): envd supports \"bash\", \"zsh\" and \"fish\"");
+        }
+        recorder(eval)?.graph.borrow_mut().shell = name.to_string();
+        Ok(NoneType)
+    }
+
+    /// Commands run at build time, in one `bash -c 'set -euo pipefail ...'`.
+    fn run(
+        commands: UnpackListOrTuple<String>,
+        #[starlark(default = false)] mount_host: bool,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().run.push(RunStep {
+            commands: commands.items,
+            mount_host,
+        });
+        Ok(NoneType)
+    }
+
+    /// `~/.gitconfig`.
+    fn git_config(
+        name: Option<&str>,
+        email: Option<&str>,
+        editor: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().git_config = Some(GitConfig {
+            name: some_nonempty(name),
+            email: some_nonempty(email),
+            editor: some_nonempty(editor),
+        });
+        Ok(NoneType)
+    }
+
+    /// Loads every `*.envd` file of a git repository (or a local directory) and returns its
+    /// public globals as a struct.
+    fn include<'v>(git: &str, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+        super::include::include(git, eval)
+    }
+}
+
+/// `install.*`.
+#[starlark_module]
+pub fn install(builder: &mut GlobalsBuilder) {
+    fn python(
+        #[starlark(default = "3.11")] version: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        if version.starts_with('2') {
+            anyhow::bail!("install.python(version={version:?}): Python 2 is not supported");
+        }
+        recorder(eval)?.add_language(Language::Python {
+            version: version.to_string(),
+        });
+        Ok(NoneType)
+    }
+
+    fn conda(
+        #[starlark(default = false)] use_mamba: bool,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Conda { use_mamba });
+        Ok(NoneType)
+    }
+
+    fn uv(
+        #[starlark(default = "3.11")] python_version: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Uv {
+            python_version: python_version.to_string(),
+        });
+        Ok(NoneType)
+    }
+
+    fn pixi(
+        #[starlark(default = false)] use_pixi_mirror: bool,
+        pypi_index: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Pixi {
+            use_pixi_mirror,
+            pypi_index: some_nonempty(pypi_index),
+        });
+        Ok(NoneType)
+    }
+
+    fn r_lang(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::R);
+        Ok(NoneType)
+    }
+
+    fn julia(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Julia);
+        Ok(NoneType)
+    }
+
+    fn rust(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Rust {
+            version: some_nonempty(version),
+        });
+        Ok(NoneType)
+    }
+
+    fn go(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::Go {
+            version: some_nonempty(version),
+        });
+        Ok(NoneType)
+    }
+
+    fn nodejs(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.add_language(Language::NodeJs {
+            version: some_nonempty(version),
+        });
+        Ok(NoneType)
+    }
+
+    fn apt_packages(
+        name: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .apt_packages
+            .extend(list(name));
+        Ok(NoneType)
+    }
+
+    fn python_packages(
+        name: Option<UnpackListOrTuple<String>>,
+        requirements: Option<&str>,
+        local_wheels: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let mut g = recorder(eval)?.graph.borrow_mut();
+        g.python_packages.extend(list(name));
+        if let Some(r) = some_nonempty(requirements) {
+            g.python_requirements.push(r);
+        }
+        g.python_local_wheels.extend(list(local_wheels));
+        Ok(NoneType)
+    }
+
+    fn conda_packages(
+        name: Option<UnpackListOrTuple<String>>,
+        channel: Option<UnpackListOrTuple<String>>,
+        env_file: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let (names, channels, env_file) = (list(name), list(channel), some_nonempty(env_file));
+        if env_file.is_some() && (!names.is_empty() || !channels.is_empty()) {
+            anyhow::bail!(
+                "install.conda_packages: env_file cannot be combined with name or channel"
+            );
+        }
+        // Whether install.conda() is there too is checked once the program has run: envd
+        // accepts the calls in any order.
+        let rec = recorder(eval)?;
+        rec.graph.borrow_mut().conda_packages.push(CondaPackages {
+            names,
+            channels,
+            env_file,
+        });
+        Ok(NoneType)
+    }
+
+    fn r_packages(
+        name: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .r_packages
+            .extend(list(name));
+        Ok(NoneType)
+    }
+
+    fn julia_packages(
+        name: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .julia_packages
+            .extend(list(name));
+        Ok(NoneType)
+    }
+
+    fn cuda(
+        #[starlark(require = named)] version: &str,
+        #[starlark(require = named, default = "8")] cudnn: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().cuda = Some(Cuda {
+            version: version.to_string(),
+            cudnn: cudnn.to_string(),
+        });
+        Ok(NoneType)
+    }
+
+    fn vscode_extensions(
+        name: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .vscode_extensions
+            .extend(list(name));
+        Ok(NoneType)
+    }
+
+    fn codex(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().codex =
+            Some(some_nonempty(version).unwrap_or_else(|| "latest".into()));
+        Ok(NoneType)
+    }
+}
+
+/// `config.*`.
+#[starlark_module]
+pub fn config(builder: &mut GlobalsBuilder) {
+    fn apt_source(source: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.apt_source = some_nonempty(source);
+        Ok(NoneType)
+    }
+
+    fn pip_index(
+        url: &str,
+        extra_url: Option<&str>,
+        #[starlark(default = false)] trust: bool,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.pip_index = Some(PipIndex {
+            url: url.to_string(),
+            extra_url: some_nonempty(extra_url),
+            trust,
+        });
+        Ok(NoneType)
+    }
+
+    fn cran_mirror(url: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.cran_mirror = some_nonempty(url);
+        Ok(NoneType)
+    }
+
+    fn julia_pkg_server(url: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.julia_pkg_server = some_nonempty(url);
+        Ok(NoneType)
+    }
+
+    fn jupyter(
+        #[starlark(default = "")] token: &str,
+        #[starlark(default = 8888)] port: i32,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        if !(0..=65535).contains(&port) {
+            anyhow::bail!("config.jupyter(port={port}): not a port number");
+        }
+        recorder(eval)?.graph.borrow_mut().config.jupyter = Some(Jupyter {
+            token: token.to_string(),
+            port,
+        });
+        Ok(NoneType)
+    }
+
+    fn conda_channel(channel: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.conda_channel = some_nonempty(channel);
+        Ok(NoneType)
+    }
+
+    fn gpu(#[starlark(default = 0)] count: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.gpu = Some(count);
+        Ok(NoneType)
+    }
+
+    fn shm_size(size: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        if size <= 0 {
+            anyhow::bail!("config.shm_size({size}): the size (in MB) must be positive");
+        }
+        recorder(eval)?.graph.borrow_mut().config.shm_size = Some(size);
+        Ok(NoneType)
+    }
+
+    fn rstudio_server(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.rstudio_server = true;
+        Ok(NoneType)
+    }
+
+    fn entrypoint(
+        args: UnpackListOrTuple<String>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        // A dev image's entrypoint is envd-init; the compiler reports the conflict, since
+        // base(dev=True) may come after this call.
+        let rec = recorder(eval)?;
+        rec.graph.borrow_mut().config.entrypoint = args.items;
+        Ok(NoneType)
+    }
+
+    fn repo(
+        url: &str,
+        description: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().config.repo =
+            Some((url.to_string(), description.unwrap_or_default().to_string()));
+        Ok(NoneType)
+    }
+
+    fn owner(uid: i32, gid: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        if !(0..=65535).contains(&uid) || !(0..=65535).contains(&gid) {
+            anyhow::bail!("config.owner(uid={uid}, gid={gid}): both must be in 0..65535");
+        }
+        recorder(eval)?.graph.borrow_mut().config.owner = Some((uid, gid));
+        Ok(NoneType)
+    }
+}
+
+/// `io.*`.
+#[starlark_module]
+pub fn io(builder: &mut GlobalsBuilder) {
+    fn copy(
+        source: &str,
+        target: &str,
+        image: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?.graph.borrow_mut().copies.push(Copy {
+            source: source.to_string(),
+            target: target.to_string(),
+            image: some_nonempty(image),
+        });
+        Ok(NoneType)
+    }
+
+    fn http(
+        url: &str,
+        checksum: Option<&str>,
+        filename: Option<&str>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        if let Some(c) = some_nonempty(checksum) {
+            if !c.starts_with("sha256:") || c.len() != 71 {
+                anyhow::bail!("io.http(checksum={c:?}): expected an OCI digest like \"sha256:<64 hex digits>\"");
+            }
+        }
+        recorder(eval)?.graph.borrow_mut().downloads.push(Download {
+            url: url.to_string(),
+            checksum: some_nonempty(checksum),
+            filename: some_nonempty(filename),
+        });
+        Ok(NoneType)
+    }
+}
+
+/// `runtime.*`.
+#[starlark_module]
+pub fn runtime(builder: &mut GlobalsBuilder) {
+    fn command(
+        commands: Option<UnpackDictEntries<String, String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let mut g = recorder(eval)?.graph.borrow_mut();
+        for (k, v) in commands.map(|c| c.entries).unwrap_or_default() {
+            g.runtime.commands.insert(k, v);
+        }
+        Ok(NoneType)
+    }
+
+    fn daemon(
+        commands: UnpackListOrTuple<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let mut g = recorder(eval)?.graph.borrow_mut();
+        for argv in commands.items {
+            if argv.items.is_empty() {
+                anyhow::bail!("runtime.daemon: an empty command");
+            }
+            g.runtime.daemons.push(argv.items);
+        }
+        Ok(NoneType)
+    }
+
+    fn init(
+        commands: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .runtime
+            .init
+            .extend(list(commands));
+        Ok(NoneType)
+    }
+
+    fn expose(
+        envd_port: i32,
+        #[starlark(default = 0)] host_port: i32,
+        #[starlark(default = "")] service: &str,
+        #[starlark(default = "127.0.0.1")] listen_addr: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        if listen_addr.parse::<std::net::IpAddr>().is_err() {
+            anyhow::bail!("runtime.expose(listen_addr={listen_addr:?}): not an IP address");
+        }
+        for p in [envd_port, host_port] {
+            if !(0..=65535).contains(&p) {
+                anyhow::bail!("runtime.expose: {p} is not a port number");
+            }
+        }
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .runtime
+            .expose
+            .push(Expose {
+                envd_port,
+                host_port,
+                service: service.to_string(),
+                listen_addr: listen_addr.to_string(),
+            });
+        Ok(NoneType)
+    }
+
+    fn environ(
+        env: Option<UnpackDictEntries<String, String>>,
+        extra_path: Option<UnpackListOrTuple<String>>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        let mut g = recorder(eval)?.graph.borrow_mut();
+        let env: BTreeMap<String, String> = env
+            .map(|e| e.entries)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        g.runtime.environ.extend(env);
+        g.runtime.extra_path.extend(list(extra_path));
+        Ok(NoneType)
+    }
+
+    fn mount(host_path: &str, envd_path: &str, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        recorder(eval)?
+            .graph
+            .borrow_mut()
+            .runtime
+            .mounts
+            .push(Mount {
+                host_path: host_path.to_string(),
+                envd_path: envd_path.to_string(),
+            });
+        Ok(NoneType)
+    }
+}
+
+/// `data.*`: envd-managed data sources.
+#[starlark_module]
+pub fn data(builder: &mut GlobalsBuilder) {
+    /// An envd-managed data directory on the host (`~/.envd/data/NAME`).
+    fn envd(name: &str) -> anyhow::Result<String> {
+        if name.is_empty() || name.contains('/') {
+            anyhow::bail!("data.envd({name:?}): a data source name has no slashes");
+        }
+        Ok(format!("~/.envd/data/{name}"))
+    }
+}
+
+/// `data.path.*`: well-known data directories.
+pub fn data_paths(builder: &mut GlobalsBuilder) {
+    builder.set("huggingface", "~/.cache/huggingface");
+    builder.set("dgl", "~/.dgl");
+}

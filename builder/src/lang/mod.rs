@@ -1,0 +1,299 @@
+//! The Starlark front end: evaluates a `build.envd` program (envd's v1 API) into a [`Graph`].
+//!
+//! Errors name the file, line and column and say what is wrong; a misspelt name gets a
+//! suggestion (`install.pythn_packages` → `install.python_packages`).
+
+mod api;
+mod include;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use starlark::any::ProvidesStaticType;
+use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, Module};
+use starlark::eval::Evaluator;
+use starlark::syntax::{AstModule, Dialect};
+
+use crate::graph::{Graph, Language};
+
+/// A problem in a build file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LangError {
+    /// The file (as given).
+    pub file: String,
+    /// 1-based line (0: the file as a whole).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LangError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for LangError {}
+
+/// State shared by every built-in during one evaluation (the evaluator's `extra`).
+#[derive(ProvidesStaticType)]
+pub struct Recorder {
+    /// What the program asked for so far.
+    pub graph: RefCell<Graph>,
+    /// The build context (the directory holding build.envd).
+    pub context_dir: PathBuf,
+    /// Where git includes are cloned.
+    pub cache_dir: PathBuf,
+    globals: Globals,
+    include_stack: RefCell<Vec<PathBuf>>,
+    included: RefCell<Vec<FrozenModule>>,
+}
+
+impl Recorder {
+    fn add_language(&self, lang: Language) {
+        let mut g = self.graph.borrow_mut();
+        if !g.languages.contains(&lang) {
+            g.languages.push(lang);
+        }
+    }
+}
+
+/// The names every build file can use.
+pub fn globals() -> Globals {
+    GlobalsBuilder::standard()
+        .with(api::universe)
+        .with_namespace("install", api::install)
+        .with_namespace("config", api::config)
+        .with_namespace("io", api::io)
+        .with_namespace("runtime", api::runtime)
+        .with_namespace("data", |b: &mut GlobalsBuilder| {
+            api::data(b);
+            b.namespace("path", api::data_paths);
+        })
+        .build()
+}
+
+/// `--from FILE:FUNC`, default `build.envd:build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The file, relative to the build context.
+    pub file: String,
+    /// The function to call.
+    pub function: String,
+}
+
+impl std::str::FromStr for Entry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.rsplit_once(':') {
+            Some((file, function)) if !file.is_empty() && !function.is_empty() => Ok(Entry {
+                file: file.into(),
+                function: function.into(),
+            }),
+            _ if !s.is_empty() && !s.contains(':') => Ok(Entry {
+                file: s.into(),
+                function: "build".into(),
+            }),
+            _ => Err(format!(
+                "--from {s:?}: expected FILE:FUNCTION, like build.envd:build"
+            )),
+        }
+    }
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            file: "build.envd".into(),
+            function: "build".into(),
+        }
+    }
+}
+
+/// The default cache for git includes: `~/.cache/envd/envdlib`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("envd/envdlib")
+}
+
+/// Evaluates `entry` in the build context `dir` and returns the graph.
+pub fn evaluate(dir: &Path, entry: &Entry) -> Result<Graph, LangError> {
+    evaluate_with_cache(dir, entry, &default_cache_dir())
+}
+
+/// [`evaluate`] with an explicit include cache.
+pub fn evaluate_with_cache(
+    dir: &Path,
+    entry: &Entry,
+    cache_dir: &Path,
+) -> Result<Graph, LangError> {
+    let path = dir.join(&entry.file);
+    let shown = path.display().to_string();
+    let whole = |message: String| LangError {
+        file: shown.clone(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let source = std::fs::read_to_string(&path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    check_version(&source).map_err(|m| LangError {
+        file: shown.clone(),
+        line: 1,
+        column: 1,
+        message: m,
+    })?;
+    let ast = AstModule::parse(&shown, source, &Dialect::Standard).map_err(from_starlark)?;
+    let recorder = Recorder {
+        graph: RefCell::new(Graph {
+            image: "ubuntu:22.04".into(),
+            shell: "bash".into(),
+            ..Graph::default()
+        }),
+        context_dir: dir.to_path_buf(),
+        cache_dir: cache_dir.to_path_buf(),
+        globals: globals(),
+        include_stack: RefCell::new(Vec::new()),
+        included: RefCell::new(Vec::new()),
+    };
+    let globals = recorder.globals.clone();
+    Module::with_temp_heap(|module| -> Result<(), LangError> {
+        module.set(
+            "_build_context_dir",
+            module.heap().alloc(dir.to_string_lossy().as_ref()),
+        );
+        let mut eval = Evaluator::new(&module);
+        eval.extra = Some(&recorder);
+        eval.eval_module(ast, &globals).map_err(from_starlark)?;
+        let Some(func) = module.get(&entry.function) else {
+            let mut names: Vec<String> = module.names().map(|n| n.as_str().to_string()).collect();
+            names.sort();
+            let known: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hint = envd_supervisor::config::closest(&entry.function, &known)
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            return Err(whole(format!(
+                "no function named {:?}{hint}; --from FILE:FUNCTION chooses it",
+                entry.function
+            )));
+        };
+        eval.eval_function(func, &[], &[]).map_err(from_starlark)?;
+        Ok(())
+    })?;
+    let graph = recorder.graph.into_inner();
+    validate(&graph).map_err(whole)?;
+    Ok(graph)
+}
+
+/// Checks that need the whole program (envd accepts its calls in any order).
+fn validate(g: &Graph) -> Result<(), String> {
+    let has_conda = g
+        .languages
+        .iter()
+        .any(|l| matches!(l, Language::Conda { .. }));
+    if !g.conda_packages.is_empty() && !has_conda {
+        return Err("install.conda_packages needs install.conda() as well".into());
+    }
+    Ok(())
+}
+
+/// Only the first line is read, as envd does: `# syntax=v1` or nothing means v1.
+fn check_version(source: &str) -> Result<(), String> {
+    let first = source.lines().next().unwrap_or("").trim();
+    if let Some(v) = first.strip_prefix("# syntax=") {
+        match v.trim() {
+            "v1" => Ok(()),
+            "v0" => Err(
+                "envd's v0 syntax was removed from envd; write the file in v1 (no `# syntax=v0`)"
+                    .into(),
+            ),
+            other => Err(format!("unknown syntax {other:?}; only v1 is supported")),
+        }
+    } else {
+        Ok(())
+    }
+}
+
+/// Every name a build file can reach through a namespace, for suggestions.
+fn namespace_members() -> Vec<(&'static str, Vec<String>)> {
+    let names = |f: fn(&mut GlobalsBuilder)| -> Vec<String> {
+        GlobalsBuilder::new()
+            .with(f)
+            .build()
+            .names()
+            .map(|n| n.as_str().to_string())
+            .collect()
+    };
+    vec![
+        ("install", names(api::install)),
+        ("config", names(api::config)),
+        ("io", names(api::io)),
+        ("runtime", names(api::runtime)),
+        ("data", names(api::data)),
+    ]
+}
+
+fn from_starlark(e: starlark::Error) -> LangError {
+    let span = e.span().cloned().or_else(|| {
+        e.call_stack()
+            .frames
+            .iter()
+            .rev()
+            .find_map(|f| f.location.clone())
+    });
+    let mut message = e.without_diagnostic().to_string();
+    // Keep the first line: the rest is starlark's own rendering of the location.
+    if let Some(first) = message.lines().next() {
+        message = first.trim().to_string();
+    }
+    message = message.trim_start_matches("error: ").to_string();
+    if let Some(attr) = message
+        .split("has no attribute `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+    {
+        if !message.contains("Did you mean") && !message.contains("did you mean") {
+            for (ns, names) in namespace_members() {
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                if let Some(c) = envd_supervisor::config::closest(attr, &known) {
+                    message.push_str(&format!(" (did you mean `{ns}.{c}`?)"));
+                    break;
+                }
+            }
+        }
+    }
+    match span {
+        Some(span) => {
+            let r = span.resolve();
+            LangError {
+                file: r.file,
+                line: r.span.begin.line + 1,
+                column: r.span.begin.column + 1,
+                message,
+            }
+        }
+        None => LangError {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/envd-corpus")
+}
+
+fn eval_text(text: &str) -> Result<Graph, LangError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("build.envd"), text).unwrap();
+    evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("cache"))
+}
+
+/// Files that include a GitHub repository, which no test here can reach.
+const NEEDS_GITHUB: [&str; 4] = [
+    "e2e__docs__testdata__envdlib.envd",
+    "examples__include_pkg.envd",
+    "examples__pytorch-profiler.envd",
+    "examples__pytorch2.envd",
+];
+
+#[test]
+fn every_corpus_file_evaluates() {
+    let dir = corpus_dir();
+    assert!(
+        dir.is_dir(),
+        "{} is missing (shared/ must sit beside the checkout)",
+        dir.display()
+    );
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, work.path().join("build.envd")).unwrap();
+        let result =
+            evaluate_with_cache(work.path(), &Entry::default(), &work.path().join("cache"));
+        count += 1;
+        match (result, NEEDS_GITHUB.contains(&name.as_str())) {
+            (Ok(_), false) => {}
+            (Err(e), true) if e.message.contains("cannot clone") && e.line > 0 => {}
+            (r, _) => failures.push(format!("{name}: {r:?}")),
+        }
+    }
+    assert_eq!(count, 51, "the corpus has 51 files");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn records_the_program() {
+    let g = eval_text(
+        r#"# syntax=v1
+def build():
+    base(image="debian:bookworm", dev=True)
+    shell("zsh")
+    install.python()
+    install.apt_packages(name=["curl"])
+    install.python_packages(name=["numpy"])
+    config.jupyter()
+    runtime.daemon(commands=[["python3", "-m", "http.server"]])
+    runtime.expose(envd_port=8000, service="files")
+"#,
+    )
+    .unwrap();
+    assert_eq!(g.image, "debian:bookworm");
+    assert!(g.dev);
+    assert_eq!(g.shell, "zsh");
+    assert_eq!(
+        g.languages,
+        vec![Language::Python {
+            version: "3.11".into()
+        }]
+    );
+    assert_eq!(g.apt_packages, vec!["curl"]);
+    assert_eq!(g.python_packages, vec!["numpy"]);
+    assert_eq!(g.config.jupyter.as_ref().unwrap().port, 8888);
+    assert_eq!(g.runtime.daemons[0][0], "python3");
+    assert_eq!(g.runtime.expose[0].listen_addr, "127.0.0.1");
+}
+
+#[test]
+fn misspelt_function_is_located_with_a_suggestion() {
+    let e =
+        eval_text("def build():\n    base(dev=True)\n    install.pythn_packages(name=[\"x\"])\n")
+            .unwrap_err();
+    assert_eq!((e.line, e.column), (3, 5), "{e}");
+    assert!(e.message.contains("python_packages"), "{e}");
+    assert!(e.to_string().contains("build.envd:3:5: "), "{e}");
+}
+
+#[test]
+fn wrong_type_and_unknown_keyword_are_errors() {
+    let e = eval_text("def build():\n    install.python(version=3)\n").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("version"), "{e}");
+    let e = eval_text("def build():\n    install.python(verison=\"3.11\")\n").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("verison"), "{e}");
+    let e = eval_text("def build():\n    shell(\"tcsh\")\n").unwrap_err();
+    assert!(e.message.contains("bash"), "{e}");
+}
+
+#[test]
+fn missing_build_function_is_an_error() {
+    let e = eval_text("def biuld():\n    base()\n").unwrap_err();
+    assert!(e.message.contains("no function named \"build\""), "{e}");
+    assert!(e.message.contains("biuld"), "{e}");
+}
+
+#[test]
+fn v0_syntax_is_refused() {
+    let e = eval_text("# syntax=v0\ndef build():\n    pass\n").unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(e.message.contains("v0"), "{e}");
+}
+
+#[test]
+fn include_from_a_local_git_repository_and_cycles() {
+    let work = tempfile::tempdir().unwrap();
+    let lib = work.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::write(
+        lib.join("tools.envd"),
+        "def tensorboard(port):\n    runtime.expose(envd_port=port, service=\"tensorboard\")\n_private = 1\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&lib)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "lib"]);
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("build.envd"),
+        format!(
+            "lib = include(git=\"file://{}\")\ndef build():\n    base(dev=True)\n    lib.tensorboard(6006)\n",
+            lib.display()
+        ),
+    )
+    .unwrap();
+    let g = evaluate_with_cache(&ctx, &Entry::default(), &work.path().join("cache")).unwrap();
+    assert_eq!(g.runtime.expose[0].envd_port, 6006);
+    assert_eq!(g.runtime.expose[0].service, "tensorboard");
+    // A library that includes itself.
+    let selfref = work.path().join("selfref");
+    std::fs::create_dir(&selfref).unwrap();
+    std::fs::write(
+        selfref.join("a.envd"),
+        format!("x = include(git=\"{}\")\n", selfref.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("build.envd"),
+        format!(
+            "lib = include(git=\"{}\")\ndef build():\n    pass\n",
+            selfref.display()
+        ),
+    )
+    .unwrap();
+    let e = evaluate_with_cache(&ctx, &Entry::default(), &work.path().join("cache")).unwrap_err();
+    assert!(e.message.contains("cycle"), "{e}");
+}
+
+#[test]
+fn from_parses() {
+    assert_eq!(
+        "build.envd:build".parse::<Entry>().unwrap(),
+        Entry::default()
+    );
+    assert_eq!("other.envd".parse::<Entry>().unwrap().function, "build");
+    assert!(":x".parse::<Entry>().is_err());
+}
