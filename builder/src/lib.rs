@@ -9,6 +9,10 @@
 //! **Status:** LLB, the BuildKit client, `envd build` and `envd up` are not written yet (issues 5
 //! and 6).
 
+pub mod build;
+pub mod buildkit;
+pub mod compile;
+pub mod docker;
 pub mod graph;
 pub mod lang;
 pub mod runtime;

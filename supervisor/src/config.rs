@@ -905,7 +905,7 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);
-        if d <= ((word.chars().count() + 2) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+        if d <= word.chars().count().div_ceil(3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

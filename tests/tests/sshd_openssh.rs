@@ -728,6 +728,7 @@ wait
         .output()
         .unwrap();
     let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(stdout(&curl), "vscode-server-ok\n", "{}", stderr(&curl));
 }
 

@@ -1,0 +1,210 @@
+//! `envd build`: evaluate, compile, and solve on BuildKit, skipping the build when the image
+//! already carries this program's hash.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use crate::buildkit::connect::{self, Builder};
+use crate::buildkit::solve::{self, Progress};
+use crate::compile::{self, Context, LABEL_DIGEST};
+use crate::graph::Graph;
+use crate::lang::{self, Entry};
+use crate::{docker, runtime};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The build context.
+    pub path: PathBuf,
+    /// FILE:FUNCTION.
+    pub from: Entry,
+    /// Image tag (default `NAME:dev`).
+    pub tag: Option<String>,
+    /// Build even when the image is up to date.
+    pub force: bool,
+    /// Where BuildKit is.
+    pub builder: Builder,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The image tag.
+    pub tag: String,
+    /// The program's hash (image label).
+    pub program_hash: String,
+    /// Whether the build was skipped because the image was up to date.
+    pub up_to_date: bool,
+    /// Image digest (empty when skipped).
+    pub digest: String,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The evaluated program.
+    pub graph: Graph,
+}
+
+/// The environment's name: the build context directory's name, lower-cased, with anything but
+/// `[a-z0-9_.-]` replaced (it becomes an image and container name).
+pub fn env_name(path: &Path) -> String {
+    let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let raw = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "envd".into());
+    let name: String = raw
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.trim_matches(|c| c == '-' || c == '.').to_string()
+}
+
+/// uid and gid for the image's `envd` user: the host user's, so the bind-mounted project is
+/// writable; root on the host maps to 1000 (a login user inside).
+pub fn user_ids() -> (u32, u32) {
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    if uid == 0 {
+        (1000, 1000)
+    } else {
+        (uid, gid)
+    }
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Hash of everything that decides the image: the evaluated program (so comments and blank
+/// lines do not count), the runtime binaries, the user ids and this builder's version.
+pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str, ids: (u32, u32)) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(graph).unwrap_or_default());
+    h.update(runtime_hash.as_bytes());
+    h.update(name.as_bytes());
+    h.update(format!("{}:{}", ids.0, ids.1).as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+/// The host's CA bundle (Debian's path), if any.
+pub fn host_ca_bundle() -> Option<Vec<u8>> {
+    std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok()
+}
+
+/// Runs a build.
+pub async fn build(
+    opts: &Options,
+    mut progress: impl FnMut(Progress) + Send,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let graph = lang::evaluate(&opts.path, &opts.from)?;
+    let name = env_name(&opts.path);
+    let tag = opts.tag.clone().unwrap_or_else(|| format!("{name}:dev"));
+    let ids = user_ids();
+    let socket = PathBuf::from(connect::docker_socket());
+
+    let (runtime_image, runtime_hash) = if graph.dev {
+        let init = runtime::locate("envd-init")?;
+        let sshd = runtime::locate("envd-sshd")?;
+        let hash = format!("{}{}", sha256_file(&init)?, sha256_file(&sshd)?);
+        let short = format!("{:x}", Sha256::digest(hash.as_bytes()))[..16].to_string();
+        let dir = init.parent().context("runtime dir")?;
+        let image = docker::ensure_runtime_image(&socket, dir, "envd-rs/runtime", &short).await?;
+        (Some(image), short)
+    } else {
+        (None, String::new())
+    };
+    let hash = program_hash(&graph, &runtime_hash, &name, ids);
+
+    if !opts.force {
+        if let Some(labels) = docker::image_labels(&socket, &tag).await? {
+            if labels.get(LABEL_DIGEST).and_then(|v| v.as_str()) == Some(hash.as_str()) {
+                return Ok(Outcome {
+                    tag,
+                    program_hash: hash,
+                    up_to_date: true,
+                    digest: String::new(),
+                    elapsed: started.elapsed(),
+                    graph,
+                });
+            }
+        }
+    }
+
+    let compiled = compile::compile(
+        &graph,
+        &Context {
+            env_name: name,
+            uid: ids.0,
+            gid: ids.1,
+            runtime_image,
+            program_hash: hash.clone(),
+            host_ca: host_ca_bundle(),
+        },
+    )?;
+    if std::env::var_os("ENVD_DEBUG").is_some() {
+        eprintln!("debug: connecting to {:?}", opts.builder);
+    }
+    let channel = connect::connect(&opts.builder).await?;
+    let digest = solve::build_image(
+        channel,
+        compiled.definition,
+        compiled.config,
+        &tag,
+        &mut progress,
+    )
+    .await?;
+    Ok(Outcome {
+        tag,
+        program_hash: hash,
+        up_to_date: false,
+        digest,
+        elapsed: started.elapsed(),
+        graph,
+    })
+}
+
+/// Prints progress as plain lines (CI logs and terminals alike).
+pub fn print_progress(p: Progress) {
+    match p {
+        Progress::Started { name, cached: true } => println!("[cached] {name}"),
+        Progress::Started {
+            name,
+            cached: false,
+        } => println!("[run]    {name}"),
+        Progress::Completed { name, error: None } => println!("[done]   {name}"),
+        Progress::Completed {
+            name,
+            error: Some(e),
+        } => println!("[failed] {name}: {e}"),
+        Progress::Log { text, .. } => {
+            for line in text.lines() {
+                println!("         {line}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_directories() {
+        assert_eq!(env_name(Path::new("/tmp/My Project")), "my-project");
+        assert_eq!(env_name(Path::new("/x/quickstart")), "quickstart");
+    }
+}

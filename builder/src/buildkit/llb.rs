@@ -1,0 +1,381 @@
+//! Building an LLB definition: each op is encoded once, its digest is the sha256 of exactly
+//! those bytes (maps are BTreeMaps, so encoding is deterministic), and the definition ends with
+//! the terminal op that names the result.
+
+use std::collections::{BTreeMap, HashSet};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::proto::pb;
+
+/// One output of an op: what the next op builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    digest: String,
+    index: i64,
+}
+
+impl State {
+    fn input(&self) -> pb::Input {
+        pb::Input {
+            digest: self.digest.clone(),
+            index: self.index,
+        }
+    }
+
+    /// The op digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// A cache mount for [`Llb::run`].
+#[derive(Debug, Clone)]
+pub struct CacheMount {
+    /// Where it is mounted.
+    pub dest: String,
+    /// Cache id, shared by every build that uses it.
+    pub id: String,
+}
+
+/// An LLB graph under construction.
+#[derive(Default)]
+pub struct Llb {
+    ops: Vec<(String, Vec<u8>)>,
+    seen: HashSet<String>,
+    metadata: BTreeMap<String, pb::OpMetadata>,
+}
+
+fn platform() -> Option<pb::Platform> {
+    Some(pb::Platform {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+    })
+}
+
+/// `debian:bookworm` → `docker.io/library/debian:bookworm`, as BuildKit expects.
+pub fn normalize_image(reference: &str) -> String {
+    let (name, tag) = match reference.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t.to_string()),
+        _ => (reference, "latest".to_string()),
+    };
+    let first = name.split('/').next().unwrap_or("");
+    let qualified = if first.contains('.') || first.contains(':') || first == "localhost" {
+        name.to_string()
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    format!("{qualified}:{tag}")
+}
+
+impl Llb {
+    fn add(&mut self, op: pb::Op, description: &str) -> State {
+        let bytes = op.encode_to_vec();
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        if self.seen.insert(digest.clone()) {
+            self.ops.push((digest.clone(), bytes));
+            let mut meta = pb::OpMetadata::default();
+            meta.description
+                .insert("llb.customname".into(), description.into());
+            self.metadata.insert(digest.clone(), meta);
+        }
+        State { digest, index: 0 }
+    }
+
+    /// An image from the local store or a registry.
+    pub fn image(&mut self, reference: &str) -> State {
+        let id = normalize_image(reference);
+        self.add(
+            pb::Op {
+                inputs: vec![],
+                op: Some(pb::op::Op::Source(pb::SourceOp {
+                    identifier: format!("docker-image://{id}"),
+                    attrs: BTreeMap::new(),
+                })),
+                platform: platform(),
+            },
+            &format!("image {id}"),
+        )
+    }
+
+    /// Runs `args` on top of `root` (as `user`, in `cwd`), with cache mounts.
+    pub fn run(
+        &mut self,
+        root: &State,
+        args: Vec<String>,
+        env: Vec<String>,
+        user: &str,
+        caches: &[CacheMount],
+        name: &str,
+    ) -> State {
+        let mut mounts = vec![pb::Mount {
+            input: 0,
+            dest: "/".into(),
+            output: 0,
+            ..Default::default()
+        }];
+        for c in caches {
+            mounts.push(pb::Mount {
+                input: -1,
+                dest: c.dest.clone(),
+                output: -1,
+                mount_type: pb::MountType::Cache as i32,
+                cache_opt: Some(pb::CacheOpt {
+                    id: c.id.clone(),
+                    sharing: pb::CacheSharingOpt::Locked as i32,
+                }),
+                ..Default::default()
+            });
+        }
+        self.add(
+            pb::Op {
+                inputs: vec![root.input()],
+                op: Some(pb::op::Op::Exec(pb::ExecOp {
+                    meta: Some(pb::Meta {
+                        args,
+                        env,
+                        cwd: "/".into(),
+                        user: user.into(),
+                    }),
+                    mounts,
+                    network: pb::NetMode::Unset as i32,
+                })),
+                platform: platform(),
+            },
+            name,
+        )
+    }
+
+    /// Writes a file (creating its parent directories), owned by `owner` (uid, gid).
+    pub fn mkfile(
+        &mut self,
+        root: &State,
+        path: &str,
+        data: &[u8],
+        mode: i32,
+        owner: Option<(u32, u32)>,
+    ) -> State {
+        let chown = owner.map(|(u, g)| pb::ChownOpt {
+            user: Some(pb::UserOpt {
+                user: Some(pb::user_opt::User::ById(u)),
+            }),
+            group: Some(pb::UserOpt {
+                user: Some(pb::user_opt::User::ById(g)),
+            }),
+        });
+        let parent = std::path::Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        let actions = vec![
+            pb::FileAction {
+                input: 0,
+                secondary_input: -1,
+                output: -1,
+                action: Some(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
+                    path: parent,
+                    mode: 0o755,
+                    make_parents: true,
+                    owner: chown.clone(),
+                    timestamp: -1,
+                })),
+            },
+            pb::FileAction {
+                // 1 = the number of op inputs + the index of the action above.
+                input: 1,
+                secondary_input: -1,
+                output: 0,
+                action: Some(pb::file_action::Action::Mkfile(pb::FileActionMkFile {
+                    path: path.into(),
+                    mode,
+                    data: data.to_vec(),
+                    owner: chown,
+                    timestamp: -1,
+                })),
+            },
+        ];
+        self.add(
+            pb::Op {
+                inputs: vec![root.input()],
+                op: Some(pb::op::Op::File(pb::FileOp { actions })),
+                platform: platform(),
+            },
+            &format!("write {path}"),
+        )
+    }
+
+    /// Copies `src` from `from` to `dest` on top of `root`.
+    pub fn copy(
+        &mut self,
+        root: &State,
+        from: &State,
+        src: &str,
+        dest: &str,
+        mode: Option<i32>,
+    ) -> State {
+        self.add(
+            pb::Op {
+                inputs: vec![root.input(), from.input()],
+                op: Some(pb::op::Op::File(pb::FileOp {
+                    actions: vec![pb::FileAction {
+                        input: 0,
+                        secondary_input: 1,
+                        output: 0,
+                        action: Some(pb::file_action::Action::Copy(pb::FileActionCopy {
+                            src: src.into(),
+                            dest: dest.into(),
+                            owner: None,
+                            mode: mode.unwrap_or(-1),
+                            follow_symlink: true,
+                            dir_copy_contents: false,
+                            create_dest_path: true,
+                            allow_wildcard: false,
+                            timestamp: -1,
+                        })),
+                    }],
+                })),
+                platform: platform(),
+            },
+            &format!("copy {src} -> {dest}"),
+        )
+    }
+
+    /// The definition whose result is `result`.
+    pub fn definition(mut self, result: &State) -> pb::Definition {
+        let terminal = pb::Op {
+            inputs: vec![result.input()],
+            op: None,
+            platform: None,
+        };
+        let bytes = terminal.encode_to_vec();
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        self.ops.push((digest, bytes));
+        pb::Definition {
+            def: self.ops.into_iter().map(|(_, b)| b).collect(),
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// A readable listing of a definition: one line per op with its digest, for `envd debug llb`.
+pub fn describe(def: &pb::Definition) -> String {
+    let mut out = String::new();
+    for bytes in &def.def {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
+            continue;
+        };
+        let short = &digest[7..19];
+        let inputs: Vec<String> = op
+            .inputs
+            .iter()
+            .map(|i| i.digest[7..19].to_string())
+            .collect();
+        let what = match &op.op {
+            Some(pb::op::Op::Source(s)) => format!("source {}", s.identifier),
+            Some(pb::op::Op::Exec(e)) => {
+                let meta = e.meta.clone().unwrap_or_default();
+                let caches: Vec<String> = e
+                    .mounts
+                    .iter()
+                    .filter_map(|m| m.cache_opt.as_ref().map(|c| format!("{}={}", m.dest, c.id)))
+                    .collect();
+                format!(
+                    "exec user={} {:?}{}",
+                    if meta.user.is_empty() {
+                        "root"
+                    } else {
+                        &meta.user
+                    },
+                    meta.args,
+                    if caches.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" caches[{}]", caches.join(", "))
+                    }
+                )
+            }
+            Some(pb::op::Op::File(f)) => {
+                let acts: Vec<String> = f
+                    .actions
+                    .iter()
+                    .filter_map(|a| match &a.action {
+                        Some(pb::file_action::Action::Mkfile(m)) => Some(format!(
+                            "mkfile {} ({} bytes, {:o})",
+                            m.path,
+                            m.data.len(),
+                            m.mode
+                        )),
+                        Some(pb::file_action::Action::Mkdir(m)) => {
+                            Some(format!("mkdir {}", m.path))
+                        }
+                        Some(pb::file_action::Action::Copy(c)) => {
+                            Some(format!("copy {} -> {}", c.src, c.dest))
+                        }
+                        None => None,
+                    })
+                    .collect();
+                format!("file {}", acts.join("; "))
+            }
+            None => "result".to_string(),
+        };
+        out.push_str(&format!("{short} <- [{}] {what}\n", inputs.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_are_normalized() {
+        assert_eq!(
+            normalize_image("debian:bookworm"),
+            "docker.io/library/debian:bookworm"
+        );
+        assert_eq!(
+            normalize_image("envd-rs/runtime:abc"),
+            "docker.io/envd-rs/runtime:abc"
+        );
+        assert_eq!(
+            normalize_image("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
+        assert_eq!(normalize_image("ubuntu"), "docker.io/library/ubuntu:latest");
+    }
+
+    #[test]
+    fn digests_are_deterministic_and_chain() {
+        let build = || {
+            let mut l = Llb::default();
+            let base = l.image("debian:bookworm");
+            let s = l.run(
+                &base,
+                vec!["true".into()],
+                vec![],
+                "",
+                &[CacheMount {
+                    dest: "/var/cache/apt".into(),
+                    id: "apt".into(),
+                }],
+                "run",
+            );
+            let s = l.mkfile(&s, "/etc/x/y", b"hi", 0o644, Some((1000, 1000)));
+            l.definition(&s)
+        };
+        let (a, b) = (build(), build());
+        assert_eq!(a, b);
+        assert_eq!(a.def.len(), 4);
+        let text = describe(&a);
+        assert!(
+            text.contains("source docker-image://docker.io/library/debian:bookworm"),
+            "{text}"
+        );
+        assert!(text.contains("caches[/var/cache/apt=apt]"), "{text}");
+        assert!(text.contains("mkfile /etc/x/y"), "{text}");
+    }
+}

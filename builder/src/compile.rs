@@ -1,0 +1,585 @@
+//! Lowering a [`Graph`] to LLB and an image config.
+//!
+//! Docker's embedded BuildKit (20.10) has no MergeOp/DiffOp, so the steps form one chain, ordered
+//! so that what changes least comes first: system packages, the user, the language runtime,
+//! Python packages, then our runtime and generated files, then `run` steps. apt and pip use
+//! cache mounts, so a changed package list re-downloads nothing it had already.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::buildkit::llb::{CacheMount, Llb};
+use crate::buildkit::proto::pb;
+use crate::graph::{Graph, Language};
+
+/// Where the Python environment lives in dev images.
+pub const VENV: &str = "/opt/envd/venv";
+/// The environment user's home.
+pub const HOME: &str = "/home/envd";
+/// Where envd-init reads service files.
+pub const SERVICES_DIR: &str = "/etc/envd/services";
+/// Container port of envd-sshd.
+pub const SSH_PORT: u16 = 2222;
+/// Container port of Jupyter.
+pub const JUPYTER_PORT: u16 = 8888;
+
+/// Label holding the program's hash (no rebuild when it is unchanged).
+pub const LABEL_DIGEST: &str = "ai.tensorchord.envd.build.digest";
+/// Label holding the runtime graph (JSON) that `envd up` reads back.
+pub const LABEL_RUNTIME: &str = "ai.tensorchord.envd.graph.runtime";
+
+/// What the compile needs besides the graph.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The environment's name (prompt, labels).
+    pub env_name: String,
+    /// uid and gid of the `envd` user (the host user's, so bind mounts are writable).
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// A local image holding `/envd-init` and `/envd-sshd` (dev images only).
+    pub runtime_image: Option<String>,
+    /// Hash of the program and everything else that decides the image.
+    pub program_hash: String,
+    /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
+    /// (as in CI here) trust its CA, the base image does not.
+    pub host_ca: Option<Vec<u8>>,
+}
+
+/// Where the host's CA bundle goes in the image.
+pub const HOST_CA: &str = "/etc/envd/host-ca.crt";
+
+/// The result: an LLB definition and the image config to export it with.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The LLB.
+    pub definition: pb::Definition,
+    /// OCI image config JSON.
+    pub config: Vec<u8>,
+}
+
+const DEV_APT_PACKAGES: &[&str] = &[
+    "bash",
+    "ca-certificates",
+    "curl",
+    "git",
+    "less",
+    "locales",
+    "openssh-client",
+    "procps",
+    "sudo",
+    "vim-tiny",
+    "zsh",
+    "fish",
+];
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+fn quote(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| format!("'{s}'"))
+}
+
+/// Refuses what this builder cannot build yet, naming it.
+fn check_supported(g: &Graph) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for l in &g.languages {
+        match l {
+            Language::Python { .. } => {}
+            other => missing.push(format!("install.{}", language_name(other))),
+        }
+    }
+    if g.cuda.is_some() {
+        missing.push("install.cuda".into());
+    }
+    if !g.conda_packages.is_empty() {
+        missing.push("install.conda_packages".into());
+    }
+    if !g.r_packages.is_empty() {
+        missing.push("install.r_packages".into());
+    }
+    if !g.julia_packages.is_empty() {
+        missing.push("install.julia_packages".into());
+    }
+    if !g.vscode_extensions.is_empty() {
+        missing.push("install.vscode_extensions".into());
+    }
+    if g.codex.is_some() {
+        missing.push("install.codex".into());
+    }
+    if !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty() {
+        missing.push(
+            "install.python_packages(requirements=/local_wheels=) (needs the build context)".into(),
+        );
+    }
+    if !g.copies.is_empty() {
+        missing.push("io.copy (needs the build context)".into());
+    }
+    if !g.downloads.is_empty() {
+        missing.push("io.http".into());
+    }
+    if g.run.iter().any(|r| r.mount_host) {
+        missing.push("run(mount_host=True) (needs the build context)".into());
+    }
+    if g.config.rstudio_server {
+        missing.push("config.rstudio_server".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "this builder cannot build {} yet; supported so far: base, shell, run, git_config, install.python, install.apt_packages, install.python_packages(name=), config.*, runtime.*",
+            missing.join(", ")
+        );
+    }
+    if g.dev && !g.config.entrypoint.is_empty() {
+        bail!("config.entrypoint cannot be used with base(dev=True): a development environment's entrypoint is envd-init");
+    }
+    Ok(())
+}
+
+fn language_name(l: &Language) -> &'static str {
+    match l {
+        Language::Python { .. } => "python",
+        Language::Conda { .. } => "conda",
+        Language::Uv { .. } => "uv",
+        Language::Pixi { .. } => "pixi",
+        Language::R => "r_lang",
+        Language::Julia => "julia",
+        Language::Rust { .. } => "rust",
+        Language::Go { .. } => "go",
+        Language::NodeJs { .. } => "nodejs",
+    }
+}
+
+/// Service files for envd-init: sshd, Jupyter, `runtime.init` and `runtime.daemon`.
+pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let init_names: Vec<String> = (0..g.runtime.init.len())
+        .map(|i| format!("init_{i}"))
+        .collect();
+    let after = if init_names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "start-after = [{}]\n",
+            init_names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    files.push((
+        "sshd".to_string(),
+        format!(
+            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
+        ),
+    ));
+    for (i, cmd) in g.runtime.init.iter().enumerate() {
+        let script = format!("set -euo pipefail\n{cmd}");
+        files.push((
+            format!("init_{i}"),
+            format!(
+                "# Written by envd: runtime.init.\ncommand = {:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n\n[environment]\nkeep-env = true\n",
+                format!("/bin/bash -c {}", quote(&script))
+            ),
+        ));
+    }
+    if let Some(j) = &g.config.jupyter {
+        let _ = j;
+        files.push((
+            "jupyter".to_string(),
+            format!(
+                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{VENV}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+            ),
+        ));
+    }
+    for (i, argv) in g.runtime.daemons.iter().enumerate() {
+        let command =
+            shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "));
+        files.push((
+            format!("daemon_{i}"),
+            format!(
+                "# Written by envd: runtime.daemon.\ncommand = {command:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n"
+            ),
+        ));
+    }
+    files
+}
+
+/// Compiles the graph.
+pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
+    check_supported(g)?;
+    let mut llb = Llb::default();
+    let mut s = llb.image(&g.image);
+    let owner = Some((ctx.uid, ctx.gid));
+    let has_python = g
+        .languages
+        .iter()
+        .any(|l| matches!(l, Language::Python { .. }))
+        || !g.python_packages.is_empty()
+        || g.config.jupyter.is_some();
+
+    if let Some(src) = &g.config.apt_source {
+        s = llb.mkfile(&s, "/etc/apt/sources.list", src.as_bytes(), 0o644, None);
+    }
+    let mut apt: Vec<String> = Vec::new();
+    if g.dev {
+        apt.extend(DEV_APT_PACKAGES.iter().map(|p| p.to_string()));
+    }
+    if has_python {
+        apt.extend(["python3", "python3-venv", "python3-pip"].map(String::from));
+    }
+    apt.extend(g.apt_packages.iter().cloned());
+    apt.sort();
+    apt.dedup();
+    let apt_caches = [
+        CacheMount {
+            dest: "/var/cache/apt".into(),
+            id: "envd-apt-archives".into(),
+        },
+        CacheMount {
+            dest: "/var/lib/apt/lists".into(),
+            id: "envd-apt-lists".into(),
+        },
+    ];
+    if !apt.is_empty() {
+        let script = format!(
+            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
+            apt.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
+        );
+        s = llb.run(
+            &s,
+            sh(&script),
+            vec![],
+            "",
+            &apt_caches,
+            &format!("apt-get install {}", apt.join(" ")),
+        );
+    }
+
+    let shell_path = match g.shell.as_str() {
+        "zsh" => "/usr/bin/zsh",
+        "fish" => "/usr/bin/fish",
+        _ => "/bin/bash",
+    };
+    if g.dev {
+        let script = format!(
+            "set -e; getent group {gid} >/dev/null || groupadd -g {gid} envd; \
+             id -u envd >/dev/null 2>&1 || useradd -m -d {HOME} -u {uid} -g {gid} -s {shell_path} envd; \
+             mkdir -p /etc/sudoers.d && echo 'envd ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/envd && chmod 0440 /etc/sudoers.d/envd; \
+             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd",
+            uid = ctx.uid,
+            gid = ctx.gid
+        );
+        s = llb.run(&s, sh(&script), vec![], "", &[], "create the envd user");
+    }
+
+    if let (true, Some(ca)) = (has_python, &ctx.host_ca) {
+        s = llb.mkfile(&s, HOST_CA, ca, 0o644, None);
+        s = llb.mkfile(
+            &s,
+            "/etc/pip.conf",
+            format!("[global]\ncert = {HOST_CA}\n").as_bytes(),
+            0o644,
+            None,
+        );
+    }
+    if has_python {
+        let mut pkgs = g.python_packages.clone();
+        if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
+            pkgs.push("jupyterlab".into());
+        }
+        let mut env = vec![];
+        if let Some(ix) = &g.config.pip_index {
+            env.push(format!("PIP_INDEX_URL={}", ix.url));
+            if let Some(extra) = &ix.extra_url {
+                env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
+            }
+            if ix.trust {
+                if let Some(host) = ix.url.split("://").nth(1).and_then(|r| r.split('/').next()) {
+                    env.push(format!("PIP_TRUSTED_HOST={host}"));
+                }
+            }
+        }
+        let install = if pkgs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " && {VENV}/bin/pip install --cache-dir /var/cache/envd-pip {}",
+                pkgs.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
+            )
+        };
+        let wanted = g.languages.iter().find_map(|l| match l {
+            Language::Python { version } => Some(version.clone()),
+            _ => None,
+        });
+        let check = match &wanted {
+            Some(v) => format!(
+                "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: install.python(version={v:?}) asked; the base image has Python $have, which is used\" >&2 ;; esac; "
+            ),
+            None => String::new(),
+        };
+        let script = format!(
+            "set -e; {check}python3 -m venv {VENV}{install}; chown -R {}:{} {VENV}",
+            ctx.uid, ctx.gid
+        );
+        let mut env_all =
+            vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+        env_all.extend(env);
+        s = llb.run(
+            &s,
+            sh(&script),
+            env_all,
+            "",
+            &[CacheMount {
+                dest: "/var/cache/envd-pip".into(),
+                id: "envd-pip".into(),
+            }],
+            &format!("pip install {}", pkgs.join(" ")),
+        );
+    }
+
+    if g.dev {
+        let Some(runtime) = &ctx.runtime_image else {
+            bail!("a development image needs the envd runtime image (envd-init, envd-sshd)");
+        };
+        let rt = llb.image(runtime);
+        s = llb.copy(
+            &s,
+            &rt,
+            "/envd-init",
+            "/usr/local/bin/envd-init",
+            Some(0o755),
+        );
+        s = llb.copy(
+            &s,
+            &rt,
+            "/envd-sshd",
+            "/usr/local/bin/envd-sshd",
+            Some(0o755),
+        );
+        for (name, text) in service_files(g, shell_path) {
+            s = llb.mkfile(
+                &s,
+                &format!("{SERVICES_DIR}/{name}.toml"),
+                text.as_bytes(),
+                0o644,
+                None,
+            );
+        }
+        let shell: envd_shell::Shell = g.shell.parse().unwrap_or(envd_shell::Shell::Bash);
+        let setup = envd_shell::Setup {
+            env_name: ctx.env_name.clone(),
+            extra_path: g.runtime.extra_path.clone(),
+            env: g
+                .runtime
+                .environ
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            venv: has_python.then(|| VENV.to_string()),
+            conda_env: None,
+        };
+        for f in envd_shell::home_files(shell, &setup) {
+            let path = format!("{HOME}/{}", f.path.display());
+            s = llb.mkfile(&s, &path, f.content.as_bytes(), 0o644, owner);
+        }
+        if let Some(gc) = &g.git_config {
+            let mut text = String::from("[user]\n");
+            if let Some(n) = &gc.name {
+                text.push_str(&format!("\tname = {n}\n"));
+            }
+            if let Some(e) = &gc.email {
+                text.push_str(&format!("\temail = {e}\n"));
+            }
+            if let Some(ed) = &gc.editor {
+                text.push_str(&format!("[core]\n\teditor = {ed}\n"));
+            }
+            s = llb.mkfile(
+                &s,
+                &format!("{HOME}/.gitconfig"),
+                text.as_bytes(),
+                0o644,
+                owner,
+            );
+        }
+    }
+
+    for (i, step) in g.run.iter().enumerate() {
+        let script = format!("set -euo pipefail\n{}", step.commands.join("\n"));
+        let user = if g.dev { "envd" } else { "" };
+        let mut env = vec![format!(
+            "PATH={}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            if has_python {
+                format!("{VENV}/bin:")
+            } else {
+                String::new()
+            }
+        )];
+        if g.dev {
+            env.push(format!("HOME={HOME}"));
+        }
+        s = llb.run(
+            &s,
+            vec!["/bin/bash".into(), "-c".into(), script],
+            env,
+            user,
+            &[],
+            &format!("run #{}: {}", i + 1, step.commands.join("; ")),
+        );
+    }
+
+    let config = image_config(g, ctx, has_python, shell_path)?;
+    Ok(Compiled {
+        definition: llb.definition(&s),
+        config,
+    })
+}
+
+fn image_config(
+    g: &Graph,
+    ctx: &Context,
+    has_python: bool,
+    shell_path: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let mut path = String::new();
+    for p in &g.runtime.extra_path {
+        path.push_str(p);
+        path.push(':');
+    }
+    if has_python {
+        path.push_str(VENV);
+        path.push_str("/bin:");
+    }
+    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut env = vec![format!("PATH={path}")];
+    if g.dev {
+        env.push(format!("ENVD_NAME={}", ctx.env_name));
+        env.push(format!("SHELL={shell_path}"));
+        env.push(format!("ENVD_WORKDIR={HOME}"));
+        env.push("LANG=C.UTF-8".into());
+    }
+    for (k, v) in &g.runtime.environ {
+        env.push(format!("{k}={v}"));
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_DIGEST.to_string(), ctx.program_hash.clone());
+    labels.insert(
+        LABEL_RUNTIME.to_string(),
+        serde_json::to_string(&g.runtime)?,
+    );
+    labels.insert("ai.tensorchord.envd.dev".to_string(), g.dev.to_string());
+    if let Some((url, desc)) = &g.config.repo {
+        labels.insert("ai.tensorchord.envd.repo.url".to_string(), url.clone());
+        labels.insert(
+            "ai.tensorchord.envd.repo.description".to_string(),
+            desc.clone(),
+        );
+    }
+    let mut exposed = serde_json::Map::new();
+    if g.dev {
+        exposed.insert(format!("{SSH_PORT}/tcp"), json!({}));
+        if g.config.jupyter.is_some() {
+            exposed.insert(format!("{JUPYTER_PORT}/tcp"), json!({}));
+        }
+    }
+    for e in &g.runtime.expose {
+        exposed.insert(format!("{}/tcp", e.envd_port), json!({}));
+    }
+    let (entrypoint, user, workdir) = if g.dev {
+        (
+            vec!["/usr/local/bin/envd-init".to_string()],
+            "envd".to_string(),
+            HOME.to_string(),
+        )
+    } else {
+        (g.config.entrypoint.clone(), String::new(), "/".to_string())
+    };
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": env,
+            "Entrypoint": if entrypoint.is_empty() { serde_json::Value::Null } else { json!(entrypoint) },
+            "User": user,
+            "WorkingDir": workdir,
+            "Labels": labels,
+            "ExposedPorts": exposed,
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    Ok(serde_json::to_vec(&config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::{evaluate_with_cache, Entry};
+
+    fn graph(text: &str) -> Graph {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("build.envd"), text).unwrap();
+        evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("c")).unwrap()
+    }
+
+    fn ctx() -> Context {
+        Context {
+            env_name: "demo".into(),
+            uid: 1000,
+            gid: 1000,
+            runtime_image: Some("envd-rs/runtime:test".into()),
+            program_hash: "abc".into(),
+            host_ca: None,
+        }
+    }
+
+    #[test]
+    fn dev_image_has_runtime_services_shell_and_config() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"numpy\"])\n    config.jupyter()\n    runtime.daemon(commands=[[\"python3\", \"-m\", \"http.server\"]])\n");
+        let c = compile(&g, &ctx()).unwrap();
+        let text = crate::buildkit::llb::describe(&c.definition);
+        for needle in [
+            "source docker-image://docker.io/library/debian:bookworm",
+            "caches[/var/cache/apt=envd-apt-archives, /var/lib/apt/lists=envd-apt-lists]",
+            "caches[/var/cache/envd-pip=envd-pip]",
+            "copy /envd-init -> /usr/local/bin/envd-init",
+            "mkfile /etc/envd/services/sshd.toml",
+            "mkfile /etc/envd/services/jupyter.toml",
+            "mkfile /etc/envd/services/daemon_0.toml",
+            "mkfile /home/envd/.bashrc",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        let cfg: serde_json::Value = serde_json::from_slice(&c.config).unwrap();
+        assert_eq!(cfg["config"]["Entrypoint"][0], "/usr/local/bin/envd-init");
+        assert_eq!(cfg["config"]["User"], "envd");
+        assert_eq!(cfg["config"]["Labels"][LABEL_DIGEST], "abc");
+        // Every generated service file is valid for envd-init.
+        std::env::set_var("ENVD_WORKDIR", "/home/envd");
+        std::env::set_var("ENVD_JUPYTER_TOKEN", "t");
+        for (name, text) in service_files(&g, "/bin/bash") {
+            envd_supervisor::config::parse_service(
+                std::path::Path::new(&format!("{name}.toml")),
+                &text,
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        // Same graph, same digests.
+        assert_eq!(compile(&g, &ctx()).unwrap().definition, c.definition);
+    }
+
+    #[test]
+    fn unsupported_parts_are_named() {
+        let g = graph("def build():\n    base(dev=True)\n    install.conda()\n    install.cuda(version=\"11.8.0\")\n");
+        let e = compile(&g, &ctx()).unwrap_err().to_string();
+        assert!(
+            e.contains("install.conda") && e.contains("install.cuda"),
+            "{e}"
+        );
+    }
+}
