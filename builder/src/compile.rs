@@ -176,7 +176,7 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
     files.push((
         "sshd".to_string(),
         format!(
-            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
+            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
         ),
     ));
     for (i, cmd) in g.runtime.init.iter().enumerate() {

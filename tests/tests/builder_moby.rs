@@ -1,0 +1,289 @@
+//! `envd build` against Docker's embedded BuildKit (and the same BuildKit over TCP through a
+//! loopback relay): a real dev image from debian:bookworm with apt and pip packages, run for
+//! real; no rebuild when nothing changed; the cache when one package is added; a failing step.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use envd_e2e::{require_docker, runtime_dir};
+
+fn envd(args: &[&str]) -> Output {
+    Command::new(runtime_dir().join("envd"))
+        .args(args)
+        .env("ENVD_RUNTIME_DIR", runtime_dir())
+        .output()
+        .expect("run envd")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn project(name: &str, build_envd: &str) -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("envd-build-test")
+        .tempdir()
+        .unwrap();
+    let dir = root.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("build.envd"), build_envd).unwrap();
+    root
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+const PROGRAM: &str = r#"# syntax=v1
+def build():
+    base(image="debian:bookworm", dev=True)
+    install.python()
+    install.apt_packages(name=["jq"])
+    install.python_packages(name=["six"])
+"#;
+
+#[test]
+fn dev_image_with_apt_and_pip_packages_builds_and_runs() {
+    require_docker();
+    let root = project("e2ebuild", PROGRAM);
+    let dir = root.path().join("e2ebuild");
+    let tag = "envd-e2e/build:test";
+    let out = envd(&[
+        "build",
+        "--path",
+        dir.to_str().unwrap(),
+        "-t",
+        tag,
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/opt/envd/venv/bin/python",
+        tag,
+        "-c",
+        "import six; print('six-ok')",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "six-ok",
+        "{}",
+        text(&o)
+    );
+    let o = docker(&["run", "--rm", "--entrypoint", "jq", tag, "--version"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("jq-"),
+        "{}",
+        text(&o)
+    );
+    // The image runs envd-init as PID 1, which starts envd-sshd and reports it healthy.
+    let o = docker(&["run", "-d", tag]);
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = String::new();
+    while Instant::now() < deadline {
+        let o = docker(&[
+            "exec",
+            &id,
+            "/usr/local/bin/envd-init",
+            "ctl",
+            "status",
+            "--json",
+        ]);
+        status = String::from_utf8_lossy(&o.stdout).into_owned();
+        if status.contains("\"healthy\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let user = docker(&["exec", &id, "id", "-un"]);
+    let _ = docker(&["rm", "-f", &id]);
+    assert!(
+        status.contains("\"sshd\"") && status.contains("\"healthy\""),
+        "{status}"
+    );
+    assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "envd");
+}
+
+#[test]
+fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
+    require_docker();
+    let root = project("e2ecache", PROGRAM);
+    let dir = root.path().join("e2ecache");
+    let path = dir.to_str().unwrap();
+    let tag = "envd-e2e/cache:test";
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Comments and blank lines do not count.
+    std::fs::write(
+        dir.join("build.envd"),
+        format!("{PROGRAM}\n\n# a comment\n"),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(1),
+        "no-change rebuild took {took:?}"
+    );
+    // One more pip package: the apt step comes from the cache, pip runs again.
+    std::fs::write(
+        dir.join("build.envd"),
+        PROGRAM.replace("[\"six\"]", "[\"six\", \"idna\"]"),
+    )
+    .unwrap();
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains("[run]    apt-get install"),
+        "apt ran again:\n{log}"
+    );
+    assert!(
+        log.contains("[run]    pip install six idna"),
+        "pip did not run:\n{log}"
+    );
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/opt/envd/venv/bin/python",
+        tag,
+        "-c",
+        "import idna, six",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn a_failing_step_reports_its_command_and_output() {
+    require_docker();
+    let root = project(
+        "e2efail",
+        "def build():\n    base(image=\"debian:bookworm\")\n    run([\"echo this-is-the-failing-output\", \"exit 3\"])\n",
+    );
+    let dir = root.path().join("e2efail");
+    let out = envd(&[
+        "build",
+        "--path",
+        dir.to_str().unwrap(),
+        "-t",
+        "envd-e2e/fail:test",
+        "--force",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(err.contains("this-is-the-failing-output"), "{err}");
+}
+
+#[test]
+fn bad_build_file_is_located() {
+    let root = project(
+        "e2ebad",
+        "def build():\n    base(dev=True)\n    install.pythn_packages(name=[\"x\"])\n",
+    );
+    let dir = root.path().join("e2ebad");
+    let out = envd(&["build", "--path", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("build.envd:3:5") && err.contains("python_packages"),
+        "{err}"
+    );
+}
+
+/// A loopback TCP relay to Docker's BuildKit: each connection does the /grpc upgrade on the
+/// Docker socket and then copies bytes both ways, standing in for a buildkitd on tcp://.
+fn relay_to_docker_buildkit() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut docker = UnixStream::connect("/var/run/docker.sock").unwrap();
+                docker
+                    .write_all(b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if docker.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let (mut tcp_r, mut dock_w) =
+                    (conn.try_clone().unwrap(), docker.try_clone().unwrap());
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut tcp_r, &mut dock_w);
+                    let _ = dock_w.shutdown(std::net::Shutdown::Write);
+                });
+                let mut conn_w = conn;
+                let _ = std::io::copy(&mut docker, &mut conn_w);
+                let _ = conn_w.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn tcp_builder_through_a_loopback_relay() {
+    require_docker();
+    let port = relay_to_docker_buildkit();
+    let root = project("e2etcp", "def build():\n    base(image=\"debian:bookworm\")\n    run([\"echo tcp-built > /tcp-marker\"])\n");
+    let dir = root.path().join("e2etcp");
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let out = envd(&[
+        "build",
+        "--path",
+        dir.to_str().unwrap(),
+        "-t",
+        "envd-e2e/tcp:test",
+        "--force",
+        "--builder",
+        "tcp",
+        "--builder-address",
+        &addr,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let o = docker(&["run", "--rm", "envd-e2e/tcp:test", "cat", "/tcp-marker"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "tcp-built",
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn debug_llb_prints_ops_and_config_without_building() {
+    let root = project("e2ellb", PROGRAM);
+    let dir = root.path().join("e2ellb");
+    let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("source docker-image://docker.io/library/debian:bookworm"),
+        "{t}"
+    );
+    assert!(
+        t.contains("pip install") && t.contains("\"Entrypoint\""),
+        "{t}"
+    );
+}
