@@ -155,9 +155,6 @@ pub async fn build(
             host_ca: host_ca_bundle(),
         },
     )?;
-    if std::env::var_os("ENVD_DEBUG").is_some() {
-        eprintln!("debug: connecting to {:?}", opts.builder);
-    }
     let channel = connect::connect(&opts.builder).await?;
     let digest = solve::build_image(
         channel,

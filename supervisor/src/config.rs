@@ -926,11 +926,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The set of names in a list of specs (handy for reload diffs).
-pub fn names(specs: &[ServiceSpec]) -> HashSet<String> {
-    specs.iter().map(|s| s.name.clone()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

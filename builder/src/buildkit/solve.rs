@@ -94,10 +94,6 @@ pub async fn build_image(
         frontend_attrs: BTreeMap::new(),
         entitlements: vec![],
     };
-    let debug = std::env::var_os("ENVD_DEBUG").is_some();
-    if debug {
-        eprintln!("debug: Control.Solve ref={build_id}");
-    }
     let mut solve_client = ctl.clone();
     let solve = tokio::spawn(async move { solve_client.solve(solve_req).await });
 
@@ -135,9 +131,6 @@ pub async fn build_image(
     req.metadata_mut()
         .insert("buildkit-controlapi-buildid", id.clone());
 
-    if debug {
-        eprintln!("debug: LLBBridge.Solve");
-    }
     let mut tracker = Tracker::default();
     let solved = {
         let call = bridge.solve(req);
