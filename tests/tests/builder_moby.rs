@@ -139,10 +139,19 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         took < Duration::from_secs(1),
         "no-change rebuild took {took:?}"
     );
-    // One more pip package: the apt step comes from the cache, pip runs again.
+    // One more pip package: the apt step comes from the cache, pip runs again. The version
+    // exclusion is unique to this run, so BuildKit's cache from an earlier run on the same
+    // engine cannot answer the pip step.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     std::fs::write(
         dir.join("build.envd"),
-        PROGRAM.replace("[\"six\"]", "[\"six\", \"idna\"]"),
+        PROGRAM.replace(
+            "[\"six\"]",
+            &format!("[\"six\", \"idna!=0.0.{nonce}\"]"),
+        ),
     )
     .unwrap();
     let out = envd(&["build", "--path", path, "-t", tag]);
