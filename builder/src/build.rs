@@ -25,6 +25,8 @@ pub struct Options {
     pub tag: Option<String>,
     /// Build even when the image is up to date.
     pub force: bool,
+    /// The environment's name (default: the directory's name).
+    pub name: Option<String>,
     /// Where BuildKit is.
     pub builder: Builder,
 }
@@ -111,7 +113,7 @@ pub async fn build(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let graph = lang::evaluate(&opts.path, &opts.from)?;
-    let name = env_name(&opts.path);
+    let name = opts.name.clone().unwrap_or_else(|| env_name(&opts.path));
     let tag = opts.tag.clone().unwrap_or_else(|| format!("{name}:dev"));
     let ids = user_ids();
     let socket = PathBuf::from(connect::docker_socket());
@@ -127,7 +129,18 @@ pub async fn build(
     } else {
         (None, String::new())
     };
-    let hash = program_hash(&graph, &runtime_hash, &name, ids);
+    // Dev images carry the user's public key (the environment's authorized_keys).
+    let authorized_key = if graph.dev {
+        Some(crate::env::ssh::ensure_user_key()?)
+    } else {
+        None
+    };
+    let hash = program_hash(
+        &graph,
+        &format!("{runtime_hash}{}", authorized_key.as_deref().unwrap_or("")),
+        &name,
+        ids,
+    );
 
     if !opts.force {
         if let Some(labels) = docker::image_labels(&socket, &tag).await? {
@@ -153,6 +166,7 @@ pub async fn build(
             runtime_image,
             program_hash: hash.clone(),
             host_ca: host_ca_bundle(),
+            authorized_key,
         },
     )?;
     let channel = connect::connect(&opts.builder).await?;

@@ -46,7 +46,12 @@ pub struct Context {
     /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
     /// (as in CI here) trust its CA, the base image does not.
     pub host_ca: Option<Vec<u8>>,
+    /// The user's public key, installed as the environment's `authorized_keys` (dev images).
+    pub authorized_key: Option<String>,
 }
+
+/// envd-sshd's `authorized_keys` in a dev image.
+pub const AUTHORIZED_KEYS: &str = "/var/envd/authorized_keys";
 
 /// Where the host's CA bundle goes in the image.
 pub const HOST_CA: &str = "/etc/envd/host-ca.crt";
@@ -363,6 +368,15 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             "/usr/local/bin/envd-sshd",
             Some(0o755),
         );
+        if let Some(key) = &ctx.authorized_key {
+            s = llb.mkfile(
+                &s,
+                AUTHORIZED_KEYS,
+                format!("{}\n", key.trim()).as_bytes(),
+                0o600,
+                owner,
+            );
+        }
         for (name, text) in service_files(g, shell_path) {
             s = llb.mkfile(
                 &s,
@@ -535,6 +549,7 @@ mod tests {
             runtime_image: Some("envd-rs/runtime:test".into()),
             program_hash: "abc".into(),
             host_ca: None,
+            authorized_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey envd".into()),
         }
     }
 
@@ -552,6 +567,7 @@ mod tests {
             "mkfile /etc/envd/services/jupyter.toml",
             "mkfile /etc/envd/services/daemon_0.toml",
             "mkfile /home/envd/.bashrc",
+            "mkfile /var/envd/authorized_keys",
         ] {
             assert!(text.contains(needle), "{needle} missing:\n{text}");
         }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One `build.envd` program's result.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -210,7 +210,7 @@ pub struct GitConfig {
 }
 
 /// `runtime.*`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Runtime {
     /// `runtime.command`: named commands for `envd exec --command`.
     pub commands: BTreeMap<String, String>,
@@ -229,7 +229,7 @@ pub struct Runtime {
 }
 
 /// `runtime.expose`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Expose {
     /// Port inside the environment.
     pub envd_port: i32,
@@ -242,7 +242,7 @@ pub struct Expose {
 }
 
 /// `runtime.mount`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mount {
     /// Host path (or an envd data source).
     pub host_path: String,

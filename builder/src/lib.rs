@@ -3,16 +3,20 @@
 //! The host side of envd-rs and its `envd` command: it evaluates `build.envd`, compiles it to
 //! BuildKit LLB, builds the image, runs the environment and connects the user to it.
 //!
-//! - [`lang`]: the Starlark front end (envd's v1 API) that evaluates a build file into a [`graph::Graph`];
-//! - [`runtime`]: finding and checking the static in-container binaries.
-//!
-//! **Status:** LLB, the BuildKit client, `envd build` and `envd up` are not written yet (issues 5
-//! and 6).
+//! - [`lang`]: the Starlark front end (envd's v1 API) that evaluates a build file into a
+//!   [`graph::Graph`];
+//! - [`compile`] and [`buildkit`]: the graph as LLB, solved on BuildKit (Docker's embedded one or
+//!   a standalone `buildkitd`); [`build`] is `envd build`, with its no-rebuild check;
+//! - [`env`]: running environments (`envd up`, `ls`, `describe`, `logs`, `exec`, `down`) on the
+//!   Docker engine, their health through envd-init's API, and `ssh NAME.envd`;
+//! - [`runtime`] and [`docker`]: finding the static in-container binaries and loading them into
+//!   the engine as a local image.
 
 pub mod build;
 pub mod buildkit;
 pub mod compile;
 pub mod docker;
+pub mod env;
 pub mod graph;
 pub mod lang;
 pub mod runtime;

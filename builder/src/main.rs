@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use envd_builder::build::{self, Options};
 use envd_builder::buildkit::connect::Builder;
 use envd_builder::lang::Entry;
-use envd_builder::{compile, runtime};
+use envd_builder::{compile, env, runtime};
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 
 /// envd: reproducible development environments from a build.envd file.
 #[derive(Parser)]
@@ -45,6 +47,81 @@ enum Command {
         force: bool,
         #[command(flatten)]
         builder: BuilderArgs,
+    },
+    /// Build the environment and start it: wait until every service is healthy, write the
+    /// `NAME.envd` SSH entry, print every endpoint, then open a shell (unless --detach).
+    Up {
+        /// The build context (the directory holding the build file).
+        #[arg(short, long, default_value = ".")]
+        path: PathBuf,
+        /// The environment's name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// FILE:FUNCTION to build.
+        #[arg(short, long, default_value = "build.envd:build")]
+        from: Entry,
+        /// Do not open a shell once the environment is up.
+        #[arg(short, long)]
+        detach: bool,
+        /// Rebuild the image and recreate the container.
+        #[arg(long)]
+        force: bool,
+        /// Extra mounts, HOST:CONTAINER[:ro].
+        #[arg(short, long = "volume")]
+        volume: Vec<String>,
+        /// How long to wait for every service to be healthy.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        builder: BuilderArgs,
+    },
+    /// List environments with their services' health and endpoints.
+    Ls {
+        /// table or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Show one environment: endpoints, ports, services, commands.
+    Describe {
+        /// The environment.
+        #[arg(short, long)]
+        name: String,
+    },
+    /// Show a service's log (through envd-init), or envd-init's own output without a service.
+    Logs {
+        /// The environment.
+        #[arg(short, long)]
+        name: String,
+        /// The service (sshd, jupyter, daemon_0, ...).
+        service: Option<String>,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end (0: all that is kept).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Run a command in the environment's working directory.
+    Exec {
+        /// The environment.
+        #[arg(short, long)]
+        name: String,
+        /// Run this runtime.command from build.envd instead.
+        #[arg(long, conflicts_with = "cmd")]
+        command: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove the environment's container and its SSH entry.
+    #[command(alias = "destroy")]
+    Down {
+        /// The environment.
+        #[arg(short, long, conflicts_with = "path")]
+        name: Option<String>,
+        /// The build context whose environment goes (its name is the directory's).
+        #[arg(short, long)]
+        path: Option<PathBuf>,
     },
     /// Developer diagnostics.
     Debug {
@@ -88,8 +165,149 @@ fn main() -> ExitCode {
     }
 }
 
+fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Up {
+            path,
+            name,
+            from,
+            detach,
+            force,
+            volume,
+            timeout,
+            builder,
+        } => {
+            let volumes = volume
+                .iter()
+                .map(|v| env::up::parse_volume(v))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let name = match name {
+                Some(n) => n,
+                None => build::env_name(&path),
+            };
+            let opts = env::up::UpOptions {
+                build: Options {
+                    path,
+                    from,
+                    tag: None,
+                    force,
+                    name: None,
+                    builder: Builder::parse(&builder.builder, builder.builder_address.as_deref())?,
+                },
+                volumes,
+                timeout,
+                recreate: force,
+            };
+            let up = tokio()?.block_on(env::up::up(
+                &opts,
+                &name,
+                build::print_progress,
+                |s, at| {
+                    println!(
+                        "[{:>5.1}s] {:<12} {}",
+                        at.as_secs_f64(),
+                        s.name,
+                        env::health::describe(s)
+                    )
+                },
+            ))?;
+            println!();
+            println!(
+                "{name} is up ({}; every service healthy {:.2}s after the start{}).",
+                if up.reused {
+                    "kept the running container"
+                } else {
+                    "new container"
+                },
+                up.all_ready.as_secs_f64(),
+                up.ssh_ready
+                    .map(|d| format!(", sshd after {:.2}s", d.as_secs_f64()))
+                    .unwrap_or_default()
+            );
+            for l in env::commands::endpoint_lines(&up.env) {
+                println!("  {l}");
+            }
+            println!("  down:     envd down --name {name}");
+            if detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !std::io::stdin().is_terminal() {
+                println!("(stdin is not a terminal: not opening a shell; use ssh {name}.envd)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let err = std::process::Command::new("ssh")
+                .arg(env::ssh::host_alias(&name))
+                .exec();
+            anyhow::bail!("cannot run ssh: {err}")
+        }
+        Command::Ls { format } => {
+            let rows = tokio()?.block_on(env::commands::rows())?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                env::commands::print_table(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe { name } => {
+            tokio()?.block_on(env::commands::describe(&name))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            name,
+            service,
+            follow,
+            tail,
+        } => {
+            tokio()?.block_on(env::commands::logs(&name, service.as_deref(), follow, tail))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { name, command, cmd } => {
+            let rt = tokio()?;
+            let code = rt.block_on(async {
+                let docker = env::docker().await?;
+                let e = env::find(&docker, &name).await?;
+                let argv = match command {
+                    Some(c) => {
+                        let Some(script) = e.commands.get(&c) else {
+                            let names: Vec<&str> = e.commands.keys().map(String::as_str).collect();
+                            anyhow::bail!(
+                                "{name} has no runtime.command named {c:?}{}",
+                                if names.is_empty() {
+                                    " (build.envd defines none)".to_string()
+                                } else {
+                                    format!("; it has: {}", names.join(", "))
+                                }
+                            );
+                        };
+                        vec!["/bin/bash".into(), "-lc".into(), script.clone()]
+                    }
+                    None if cmd.is_empty() => {
+                        anyhow::bail!("give a command after --, or --command NAME")
+                    }
+                    None => cmd,
+                };
+                env::commands::exec(&e, argv).await
+            })?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Down { name, path } => {
+            let name = match (name, path) {
+                (Some(n), _) => n,
+                (None, Some(p)) => build::env_name(&p),
+                (None, None) => build::env_name(std::path::Path::new(".")),
+            };
+            tokio()?.block_on(env::commands::down(&name))?;
+            println!("{name} is down: container and SSH entry removed");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build {
             path,
             tag,
@@ -102,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 from,
                 tag,
                 force,
+                name: None,
                 builder: Builder::parse(&builder.builder, builder.builder_address.as_deref())?,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         (uid, gid),
                     ),
                     host_ca: build::host_ca_bundle(),
+                    authorized_key: Some("<your public key: ~/.config/envd/id_ed25519.pub>".into()),
                 },
             )?;
             print!(

@@ -1,0 +1,435 @@
+//! `envd ls`, `describe`, `logs`, `exec` and `down`, and the Docker calls they share with `up`.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use anyhow::{bail, Context as _};
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions, RemoveContainerOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{health, ssh, Environment};
+
+/// The parts of a container `envd up` decides on.
+pub struct ContainerInfo {
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Whether it runs.
+    pub running: bool,
+    /// The image id it was created from.
+    pub image_id: String,
+}
+
+/// Inspects the container called `name`, if any.
+pub async fn container_info(docker: &Docker, name: &str) -> anyhow::Result<Option<ContainerInfo>> {
+    match docker
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) => Ok(Some(ContainerInfo {
+            labels: c
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default(),
+            running: c.state.and_then(|s| s.running).unwrap_or(false),
+            image_id: c.image.unwrap_or_default(),
+        })),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).context("cannot inspect the container"),
+    }
+}
+
+/// The id of a local image.
+pub async fn image_id(docker: &Docker, tag: &str) -> anyhow::Result<String> {
+    Ok(docker
+        .inspect_image(tag)
+        .await
+        .with_context(|| format!("cannot inspect the image {tag}"))?
+        .id
+        .unwrap_or_default())
+}
+
+/// Runs `cmd` in the container (as its default user) and collects exit code, stdout and stderr.
+pub async fn exec_capture(
+    docker: &Docker,
+    id: &str,
+    cmd: &[&str],
+    workdir: Option<&str>,
+) -> anyhow::Result<(i64, String, String)> {
+    let exec = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(cmd.to_vec()),
+                working_dir: workdir,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create the exec")?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await?
+    {
+        while let Some(chunk) = output.next().await {
+            match chunk? {
+                bollard::container::LogOutput::StdErr { message } => err.extend_from_slice(&message),
+                other => out.extend_from_slice(&other.into_bytes()),
+            }
+        }
+    }
+    let code = docker
+        .inspect_exec(&exec.id)
+        .await?
+        .exit_code
+        .unwrap_or(-1);
+    Ok((
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
+}
+
+/// `envd exec`: runs a command in the environment's working directory with this process's stdin,
+/// stdout and stderr, and returns its exit code.
+pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
+    if !env.running() {
+        bail!("{} is not running (status: {}); start it with envd up", env.name, env.status);
+    }
+    let docker = super::docker().await?;
+    let exec = docker
+        .create_exec(
+            &env.id,
+            CreateExecOptions {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(cmd),
+                working_dir: Some(env.workdir.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create the exec")?;
+    match docker
+        .start_exec(&exec.id, Some(StartExecOptions::default()))
+        .await?
+    {
+        StartExecResults::Attached {
+            mut output,
+            mut input,
+        } => {
+            // stdin is copied in a task of its own; its end closes the command's stdin.
+            let feed = tokio::spawn(async move {
+                let mut stdin = tokio::io::stdin();
+                let _ = tokio::io::copy(&mut stdin, &mut input).await;
+                let _ = input.shutdown().await;
+            });
+            while let Some(chunk) = output.next().await {
+                match chunk? {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        let mut e = std::io::stderr().lock();
+                        e.write_all(&message)?;
+                        e.flush()?;
+                    }
+                    other => {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(&other.into_bytes())?;
+                        o.flush()?;
+                    }
+                }
+            }
+            feed.abort();
+        }
+        StartExecResults::Detached => {}
+    }
+    Ok(docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1))
+}
+
+/// The lines `envd up` and `envd describe` print about how to reach an environment.
+pub fn endpoint_lines(env: &Environment) -> Vec<String> {
+    let alias = ssh::host_alias(&env.name);
+    let mut lines = vec![format!("ssh:      ssh {alias}")];
+    if let Some(url) = env.jupyter_url() {
+        lines.push(format!("jupyter:  {url}"));
+    }
+    for e in &env.endpoints {
+        if ["ssh", "jupyter", "api"].contains(&e.service.as_str()) {
+            continue;
+        }
+        lines.push(format!(
+            "{}: http://{}:{} (port {} inside)",
+            e.service, e.host_ip, e.host_port, e.container_port
+        ));
+    }
+    lines.push(format!(
+        "vscode:   code --remote ssh-remote+{alias} {}",
+        env.workdir
+    ));
+    lines
+}
+
+/// One environment's row for `envd ls`.
+#[derive(serde::Serialize)]
+pub struct Row {
+    /// The environment.
+    #[serde(flatten)]
+    pub env: Environment,
+    /// Each service and its state (empty when the environment is not running).
+    pub services: Vec<ServiceRow>,
+    /// Why the services are unknown, if they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services_error: Option<String>,
+    /// `ssh NAME.envd`.
+    pub ssh: String,
+    /// Jupyter's URL with its token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jupyter: Option<String>,
+}
+
+/// A service in `envd ls`.
+#[derive(serde::Serialize)]
+pub struct ServiceRow {
+    /// Its name.
+    pub name: String,
+    /// `healthy`, `starting`, `restarting`, `failed`, ...
+    pub state: String,
+    /// How often it was restarted.
+    pub restarts: u32,
+}
+
+/// Every environment with its services' states.
+pub async fn rows() -> anyhow::Result<Vec<Row>> {
+    let docker = super::docker().await?;
+    let mut rows = Vec::new();
+    for env in super::list(&docker).await? {
+        let (services, services_error) = if env.running() {
+            match health::services(&env).await {
+                Ok(s) => (
+                    s.iter()
+                        .map(|s| ServiceRow {
+                            name: s.name.clone(),
+                            state: health::describe(s),
+                            restarts: s.restarts,
+                        })
+                        .collect(),
+                    None,
+                ),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            }
+        } else {
+            (Vec::new(), None)
+        };
+        rows.push(Row {
+            ssh: format!("ssh {}", ssh::host_alias(&env.name)),
+            jupyter: env.jupyter_url(),
+            env,
+            services,
+            services_error,
+        });
+    }
+    Ok(rows)
+}
+
+/// `envd ls` as a table.
+pub fn print_table(rows: &[Row]) {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let services = if let Some(e) = &r.services_error {
+                format!("unknown ({e})")
+            } else {
+                r.services
+                    .iter()
+                    .map(|s| {
+                        if s.restarts > 0 {
+                            format!("{}:{}({} restarts)", s.name, s.state, s.restarts)
+                        } else {
+                            format!("{}:{}", s.name, s.state)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let mut endpoints = vec![r.ssh.clone()];
+            if let Some(j) = &r.jupyter {
+                endpoints.push(j.clone());
+            }
+            [
+                r.env.name.clone(),
+                r.env.status.clone(),
+                services,
+                endpoints.join(" "),
+                r.env.image.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATUS", "SERVICES", "ENDPOINTS", "IMAGE"];
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: [&str; 5]| {
+        let mut s = String::new();
+        for (i, c) in cols.iter().enumerate() {
+            if i == 4 {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+}
+
+/// `envd describe`.
+pub async fn describe(name: &str) -> anyhow::Result<()> {
+    let docker = super::docker().await?;
+    let env = super::find(&docker, name).await?;
+    println!("name:     {}", env.name);
+    println!("status:   {}", env.status);
+    println!("image:    {}", env.image);
+    println!("id:       {}", &env.id[..12.min(env.id.len())]);
+    if let Some(c) = &env.context {
+        println!("context:  {c} (at {})", env.workdir);
+    }
+    for l in endpoint_lines(&env) {
+        println!("{l}");
+    }
+    println!("ports:");
+    for e in &env.endpoints {
+        println!(
+            "  {:<10} {}:{} -> {}",
+            e.service, e.host_ip, e.host_port, e.container_port
+        );
+    }
+    if !env.commands.is_empty() {
+        println!("commands (envd exec --name {} --command NAME):", env.name);
+        for (k, v) in &env.commands {
+            println!("  {k}: {v}");
+        }
+    }
+    if env.running() {
+        println!("services:");
+        for s in health::services(&env).await? {
+            println!(
+                "  {:<12} {:<10} pid {:<6} restarts {}{}",
+                s.name,
+                health::describe(&s),
+                s.pid,
+                s.restarts,
+                if s.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", s.detail)
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `envd logs`: a service's log through envd-init, or (without a service) the container's
+/// output, which is envd-init's own log.
+pub async fn logs(name: &str, service: Option<&str>, follow: bool, tail: u32) -> anyhow::Result<()> {
+    let docker = super::docker().await?;
+    let env = super::find(&docker, name).await?;
+    if let Some(service) = service {
+        if !env.running() {
+            bail!("{name} is not running; service logs come from its envd-init");
+        }
+        let mut c = health::connect(&env).await?;
+        let mut stream = c
+            .supervisor
+            .logs(envd_supervisor::proto::supervisor::LogsRequest {
+                service: service.to_string(),
+                tail,
+                follow,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {}", e.message()))?
+            .into_inner();
+        while let Some(line) = stream.next().await {
+            let line = line?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&line.line)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        return Ok(());
+    }
+    let mut stream = docker.logs(
+        &env.id,
+        Some(LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: if tail == 0 {
+                "all".into()
+            } else {
+                tail.to_string()
+            },
+            ..Default::default()
+        }),
+    );
+    while let Some(chunk) = stream.next().await {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&chunk?.into_bytes())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `envd down`: removes the container and its SSH entry.
+pub async fn down(name: &str) -> anyhow::Result<()> {
+    let docker = super::docker().await?;
+    let env = match super::find(&docker, name).await {
+        Ok(env) => env,
+        Err(e) => {
+            // A leftover entry of a container removed by other means still goes.
+            if ssh::has_entry(name) {
+                ssh::remove_environment(name)?;
+                println!("{name}: no container; removed its SSH entry");
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    // A stop first: envd-init gets SIGTERM and stops every service in order; the removal
+    // alone would kill it outright.
+    if env.running() {
+        let _ = docker
+            .stop_container(
+                &env.id,
+                Some(bollard::query_parameters::StopContainerOptions {
+                    t: Some(10),
+                    signal: None,
+                }),
+            )
+            .await;
+    }
+    docker
+        .remove_container(
+            &env.id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .context("cannot remove the container")?;
+    ssh::remove_environment(name)?;
+    Ok(())
+}

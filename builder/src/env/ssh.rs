@@ -1,0 +1,282 @@
+//! The host's side of `ssh NAME.envd`: the user's key pair, the known_hosts file that pins each
+//! environment's host key, and the `Host NAME.envd` entries that `~/.ssh/config` includes. Plain
+//! OpenSSH (and so `scp`, `rsync`, VS Code Remote-SSH) reads them; host-key checking stays on.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::{LineEnding, PrivateKey};
+
+/// envd's configuration directory: `$ENVD_CONFIG_DIR`, else `$XDG_CONFIG_HOME/envd`, else
+/// `~/.config/envd`.
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ENVD_CONFIG_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+        return PathBuf::from(d).join("envd");
+    }
+    home_dir().join(".config/envd")
+}
+
+/// `$HOME`, else the passwd entry's home directory.
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(passwd_home)
+}
+
+/// The home directory OpenSSH uses for `~/.ssh/config`: the passwd entry's, not `$HOME`.
+fn passwd_home() -> PathBuf {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// The user's key pair for environments.
+pub fn key_path() -> PathBuf {
+    config_dir().join("id_ed25519")
+}
+
+/// The known_hosts file envd owns: one `NAME.envd` line per environment.
+pub fn known_hosts_path() -> PathBuf {
+    config_dir().join("known_hosts")
+}
+
+/// The file of `Host NAME.envd` entries.
+pub fn ssh_config_path() -> PathBuf {
+    config_dir().join("ssh_config")
+}
+
+/// The user's OpenSSH client config, which gets one `Include` line for [`ssh_config_path`].
+/// `ENVD_SSH_CONFIG` overrides it.
+pub fn user_ssh_config_path() -> PathBuf {
+    std::env::var_os("ENVD_SSH_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| passwd_home().join(".ssh/config"))
+}
+
+/// The host alias of an environment.
+pub fn host_alias(name: &str) -> String {
+    format!("{name}.envd")
+}
+
+/// Returns the public key (OpenSSH one-line form), creating the key pair (ed25519, private part
+/// mode 0600) the first time.
+pub fn ensure_user_key() -> anyhow::Result<String> {
+    let path = key_path();
+    let public = path.with_extension("pub");
+    if path.exists() {
+        if let Ok(text) = std::fs::read_to_string(&public) {
+            return Ok(text.trim().to_string());
+        }
+        let key = PrivateKey::read_openssh_file(&path)
+            .with_context(|| format!("cannot read the envd key {}", path.display()))?;
+        let text = key.public_key().to_openssh()?;
+        std::fs::write(&public, format!("{text}\n"))?;
+        return Ok(text);
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("cannot read /dev/urandom")?;
+    let mut key = PrivateKey::try_from(KeypairData::from(Ed25519Keypair::from_seed(&seed)))
+        .context("cannot make a key pair")?;
+    key.set_comment("envd");
+    let dir = path.parent().context("key path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_file(&path, key.to_openssh(LineEnding::LF)?.as_bytes(), 0o600)?;
+    let text = key.public_key().to_openssh()?;
+    write_file(&public, format!("{text}\n").as_bytes(), 0o644)?;
+    Ok(text)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half a
+/// file.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("envd-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn read_or_empty(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Replaces the entry for `alias` in a known_hosts text.
+fn replace_known_host(text: &str, alias: &str, host_key: Option<&str>) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(alias))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(k) = host_key {
+        out.push_str(&format!("{alias} {k}\n"));
+    }
+    out
+}
+
+/// Markers around one environment's block in [`ssh_config_path`].
+fn markers(alias: &str) -> (String, String) {
+    (
+        format!("# envd begin {alias}"),
+        format!("# envd end {alias}"),
+    )
+}
+
+/// Replaces (or removes, with `block = None`) the block for `alias`.
+fn replace_block(text: &str, alias: &str, block: Option<&str>) -> String {
+    let (begin, end) = markers(alias);
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line == begin {
+            skipping = true;
+            continue;
+        }
+        if skipping {
+            if line == end {
+                skipping = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(b) = block {
+        out.push_str(&format!("{begin}\n{b}{end}\n"));
+    }
+    out
+}
+
+/// The `Host` entry for one environment.
+pub fn host_entry(name: &str, port: u16) -> String {
+    let alias = host_alias(name);
+    format!(
+        "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User envd\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n  ForwardAgent yes\n",
+        key_path().display(),
+        known_hosts_path().display(),
+    )
+}
+
+/// Records an environment: pins its host key and writes its `Host` entry, and makes sure the
+/// user's `~/.ssh/config` includes envd's file.
+pub fn add_environment(name: &str, port: u16, host_key: &str) -> anyhow::Result<()> {
+    let alias = host_alias(name);
+    let dir = config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let kh = known_hosts_path();
+    let text = replace_known_host(&read_or_empty(&kh)?, &alias, Some(host_key.trim()));
+    write_file(&kh, text.as_bytes(), 0o644)?;
+    let cfg = ssh_config_path();
+    let text = replace_block(&read_or_empty(&cfg)?, &alias, Some(&host_entry(name, port)));
+    write_file(&cfg, text.as_bytes(), 0o644)?;
+    ensure_include()
+}
+
+/// Removes an environment's `Host` entry and pinned key. Missing files are fine.
+pub fn remove_environment(name: &str) -> anyhow::Result<()> {
+    let alias = host_alias(name);
+    let kh = known_hosts_path();
+    if kh.exists() {
+        let text = replace_known_host(&read_or_empty(&kh)?, &alias, None);
+        write_file(&kh, text.as_bytes(), 0o644)?;
+    }
+    let cfg = ssh_config_path();
+    if cfg.exists() {
+        let text = replace_block(&read_or_empty(&cfg)?, &alias, None);
+        write_file(&cfg, text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+/// Whether `~/.ssh/config` (or `ENVD_SSH_CONFIG`) has an entry for the environment.
+pub fn has_entry(name: &str) -> bool {
+    let (begin, _) = markers(&host_alias(name));
+    read_or_empty(&ssh_config_path())
+        .map(|t| t.lines().any(|l| l == begin))
+        .unwrap_or(false)
+}
+
+/// Puts `Include <envd's ssh_config>` at the top of the user's ssh config (it must come before
+/// any `Host` block to apply everywhere), once.
+pub fn ensure_include() -> anyhow::Result<()> {
+    let user_cfg = user_ssh_config_path();
+    let include = format!("Include {}", ssh_config_path().display());
+    let text = read_or_empty(&user_cfg)?;
+    if text.lines().any(|l| l.trim() == include) {
+        return Ok(());
+    }
+    let dir = user_cfg.parent().context("ssh config has no directory")?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    if text.contains("\r\n") {
+        bail!(
+            "{} has Windows line endings; add this line at its top yourself: {include}",
+            user_cfg.display()
+        );
+    }
+    let new = format!("# Added by envd: the NAME.envd hosts.\n{include}\n\n{text}");
+    write_file(&user_cfg, new.as_bytes(), 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_replaced_and_removed_without_touching_others() {
+        let text = "Host other\n  Port 1\n";
+        let a = replace_block(text, "a.envd", Some("Host a.envd\n  Port 2\n"));
+        let b = replace_block(&a, "b.envd", Some("Host b.envd\n  Port 3\n"));
+        let a2 = replace_block(&b, "a.envd", Some("Host a.envd\n  Port 4\n"));
+        assert!(a2.contains("Port 4") && !a2.contains("Port 2") && a2.contains("Port 3"));
+        assert!(a2.starts_with("Host other\n  Port 1\n"));
+        let gone = replace_block(&a2, "a.envd", None);
+        assert!(!gone.contains("a.envd") && gone.contains("b.envd"));
+    }
+
+    #[test]
+    fn known_hosts_lines_are_per_alias() {
+        let t = replace_known_host("x.envd ssh-ed25519 AAA\n", "y.envd", Some("ssh-ed25519 BBB"));
+        let t = replace_known_host(&t, "x.envd", Some("ssh-ed25519 CCC"));
+        assert_eq!(t, "y.envd ssh-ed25519 BBB\nx.envd ssh-ed25519 CCC\n");
+        assert_eq!(replace_known_host(&t, "y.envd", None), "x.envd ssh-ed25519 CCC\n");
+    }
+
+    #[test]
+    fn the_key_pair_is_made_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("ENVD_CONFIG_DIR", dir.path());
+        let a = ensure_user_key().unwrap();
+        let b = ensure_user_key().unwrap();
+        assert_eq!(a, b);
+        assert!(a.starts_with("ssh-ed25519 "), "{a}");
+        let mode = std::fs::metadata(key_path()).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        std::env::remove_var("ENVD_CONFIG_DIR");
+    }
+}

@@ -1,0 +1,350 @@
+//! `envd up`: build, create and start the container on envd-init, wait until every service is
+//! ready, pin the SSH host key and write the `NAME.envd` entry.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::Docker;
+use envd_supervisor::proto::supervisor::ServiceStatus;
+
+use super::health::{self, NotReady, Ready};
+use super::{
+    ssh, Environment, API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, LABEL_CONTEXT, LABEL_NAME,
+};
+use crate::build::{self, Options};
+use crate::buildkit::solve::Progress;
+use crate::compile::{HOME, JUPYTER_PORT, SSH_PORT};
+use crate::graph::Graph;
+
+/// What to bring up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The build (path, entry, builder, `--force`).
+    pub build: Options,
+    /// `--volume HOST:CONTAINER[:ro]` mounts.
+    pub volumes: Vec<String>,
+    /// How long to wait for every service.
+    pub timeout: Duration,
+    /// Recreate the container even when it runs the current image.
+    pub recreate: bool,
+}
+
+/// What `envd up` did.
+pub struct Up {
+    /// The environment as Docker reports it.
+    pub env: Environment,
+    /// The build's outcome.
+    pub build: build::Outcome,
+    /// Whether a running container was kept (same image, no `--force`).
+    pub reused: bool,
+    /// From the container's start to sshd being ready.
+    pub ssh_ready: Option<Duration>,
+    /// From the container's start to every service being ready.
+    pub all_ready: Duration,
+    /// The services once ready.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// 128 random bits as hex, for the API and Jupyter tokens.
+pub fn random_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Resolves a host path given in build.envd (`~`, relative to the build context).
+fn host_path(context: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        return ssh::home_dir().join(rest);
+    }
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        context.join(path)
+    }
+}
+
+/// Checks a `-v HOST:CONTAINER[:ro|rw]` argument and makes the host side absolute.
+pub fn parse_volume(v: &str) -> anyhow::Result<String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (host, ctr, mode) = match parts.as_slice() {
+        [h, c] => (*h, *c, None),
+        [h, c, m] if *m == "ro" || *m == "rw" => (*h, *c, Some(*m)),
+        _ => bail!("-v {v}: expected HOST:CONTAINER or HOST:CONTAINER:ro"),
+    };
+    if !ctr.starts_with('/') {
+        bail!("-v {v}: the path in the environment must be absolute");
+    }
+    let host = std::path::absolute(host).with_context(|| format!("-v {v}: bad host path"))?;
+    if !host.exists() {
+        bail!("-v {v}: {} does not exist", host.display());
+    }
+    Ok(match mode {
+        Some(m) => format!("{}:{ctr}:{m}", host.display()),
+        None => format!("{}:{ctr}", host.display()),
+    })
+}
+
+fn binding(ip: &str, port: u16) -> Option<Vec<PortBinding>> {
+    Some(vec![PortBinding {
+        host_ip: Some(ip.to_string()),
+        // Empty: Docker picks a free port.
+        host_port: Some(if port == 0 {
+            String::new()
+        } else {
+            port.to_string()
+        }),
+    }])
+}
+
+/// The container's definition.
+fn container_body(
+    name: &str,
+    image: &str,
+    context: &Path,
+    graph: &Graph,
+    volumes: &[String],
+) -> anyhow::Result<ContainerCreateBody> {
+    let dir = context
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string());
+    let workdir = format!("{HOME}/{dir}");
+    let mut env = vec![
+        format!("{ENV_API_TOKEN}={}", random_token()?),
+        format!("ENVD_WORKDIR={workdir}"),
+    ];
+    let mut ports: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    ports.insert(format!("{SSH_PORT}/tcp"), binding("127.0.0.1", 0));
+    ports.insert(format!("{API_PORT}/tcp"), binding("127.0.0.1", 0));
+    if let Some(j) = &graph.config.jupyter {
+        let token = if j.token.is_empty() {
+            random_token()?
+        } else {
+            j.token.clone()
+        };
+        env.push(format!("{ENV_JUPYTER_TOKEN}={token}"));
+        ports.insert(
+            format!("{JUPYTER_PORT}/tcp"),
+            binding("127.0.0.1", j.port as u16),
+        );
+    }
+    for e in &graph.runtime.expose {
+        let ip = if e.listen_addr.is_empty() {
+            "127.0.0.1"
+        } else {
+            e.listen_addr.as_str()
+        };
+        ports.insert(
+            format!("{}/tcp", e.envd_port),
+            binding(ip, e.host_port.max(0) as u16),
+        );
+    }
+    let mut binds = vec![format!("{}:{workdir}", context.display())];
+    for m in &graph.runtime.mounts {
+        let host = host_path(context, &m.host_path);
+        if !host.exists() {
+            bail!(
+                "runtime.mount(host_path={:?}): {} does not exist",
+                m.host_path,
+                host.display()
+            );
+        }
+        binds.push(format!("{}:{}", host.display(), m.envd_path));
+    }
+    binds.extend(volumes.iter().cloned());
+    let device_requests = graph.config.gpu.filter(|n| *n != 0).map(|n| {
+        vec![DeviceRequest {
+            driver: Some("nvidia".into()),
+            count: Some(n as i64),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }]
+    });
+    Ok(ContainerCreateBody {
+        image: Some(image.to_string()),
+        hostname: Some(name.to_string()),
+        cmd: Some(vec!["--api-listen".into(), format!("0.0.0.0:{API_PORT}")]),
+        env: Some(env),
+        working_dir: Some(workdir),
+        labels: Some(HashMap::from([
+            (LABEL_NAME.to_string(), name.to_string()),
+            (LABEL_CONTEXT.to_string(), context.display().to_string()),
+        ])),
+        exposed_ports: Some(ports.keys().cloned().collect()),
+        host_config: Some(HostConfig {
+            port_bindings: Some(ports),
+            binds: Some(binds),
+            shm_size: graph.config.shm_size.map(|mb| mb as i64 * 1024 * 1024),
+            device_requests,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Turns Docker's start errors into what the user can act on.
+fn start_error(e: bollard::errors::Error) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("port is already allocated") || text.contains("address already in use") {
+        let port = text
+            .split("0.0.0.0:")
+            .nth(1)
+            .or_else(|| text.split("127.0.0.1:").nth(1))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or("?");
+        anyhow::anyhow!(
+            "cannot publish port {port}: it is in use on the host. Free it or choose another port in build.envd (config.jupyter(port=...), runtime.expose(host_port=...)). Docker said: {text}"
+        )
+    } else {
+        anyhow::anyhow!("cannot start the container: {text}")
+    }
+}
+
+/// Runs a command in the container and returns its stdout; fails with its output otherwise.
+pub async fn exec_output(docker: &Docker, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
+    let (code, out, err) = super::commands::exec_capture(docker, id, cmd, None).await?;
+    if code != 0 {
+        bail!("{} exited with {code}: {}", cmd.join(" "), err.trim());
+    }
+    Ok(out)
+}
+
+/// Brings the environment up. `progress` sees the build; `show` sees each service change.
+pub async fn up(
+    opts: &UpOptions,
+    name: &str,
+    progress: impl FnMut(Progress) + Send,
+    mut show: impl FnMut(&ServiceStatus, Duration),
+) -> anyhow::Result<Up> {
+    let docker = super::docker().await?;
+    let context = opts
+        .build
+        .path
+        .canonicalize()
+        .with_context(|| format!("no such directory: {}", opts.build.path.display()))?;
+    let mut build_opts = opts.build.clone();
+    build_opts.path = context.clone();
+    build_opts.name = Some(name.to_string());
+    if build_opts.tag.is_none() {
+        build_opts.tag = Some(format!("{name}:dev"));
+    }
+    let outcome = build::build(&build_opts, progress).await?;
+    if !outcome.graph.dev {
+        bail!("envd up needs a development image: base(..., dev=True) in build.envd");
+    }
+    let image_id = super::commands::image_id(&docker, &outcome.tag).await?;
+
+    // Keep a running container of the current image; replace anything else of ours.
+    let mut reused = false;
+    if let Some(c) = super::commands::container_info(&docker, name).await? {
+        let ours = c.labels.get(LABEL_NAME).map(String::as_str) == Some(name);
+        if !ours {
+            bail!(
+                "a container named {name:?} exists and is not an envd environment; remove it or use --name"
+            );
+        }
+        if c.running && c.image_id == image_id && !opts.recreate {
+            reused = true;
+        } else {
+            docker
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .context("cannot remove the old container")?;
+        }
+    }
+    let started = Instant::now();
+    if !reused {
+        let body = container_body(name, &outcome.tag, &context, &outcome.graph, &opts.volumes)?;
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .context("cannot create the container")?;
+        if let Err(e) = docker.start_container(name, None).await {
+            let _ = docker
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            return Err(start_error(e));
+        }
+    }
+    let env = super::find(&docker, name).await?;
+    let before_wait = started.elapsed();
+    let ready = health::wait_ready(&env, opts.timeout, &mut show).await?;
+    let Ready {
+        services,
+        ready_after,
+    } = match ready {
+        Ok(r) => r,
+        Err(NotReady { report }) => bail!(
+            "{name} is not ready. {report}The container is left running for inspection: envd logs --name {name}; envd down --name {name}"
+        ),
+    };
+    let host_key = exec_output(
+        &docker,
+        &env.id,
+        &["cat", "/var/envd/ssh_host_ed25519_key.pub"],
+    )
+    .await
+    .context("cannot read the environment's SSH host key")?;
+    let port = env
+        .port("ssh")
+        .context("the container publishes no SSH port")?;
+    ssh::add_environment(name, port, &host_key)?;
+    Ok(Up {
+        env,
+        build: outcome,
+        reused,
+        ssh_ready: ready_after.get("sshd").map(|d| before_wait + *d),
+        all_ready: started.elapsed(),
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_checked() {
+        assert!(parse_volume("/tmp:/data").unwrap().ends_with("/tmp:/data"));
+        assert!(parse_volume("/tmp:/data:ro").unwrap().ends_with(":ro"));
+        let e = parse_volume("/tmp:data").unwrap_err().to_string();
+        assert!(e.contains("must be absolute"), "{e}");
+        let e = parse_volume("/no/such/dir:/x").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(parse_volume("/tmp").is_err());
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let a = random_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_token().unwrap());
+    }
+}
