@@ -164,8 +164,11 @@ pub fn endpoint_lines(env: &Environment) -> Vec<String> {
             continue;
         }
         lines.push(format!(
-            "{}: http://{}:{} (port {} inside)",
-            e.service, e.host_ip, e.host_port, e.container_port
+            "{:<9} http://{}:{} (port {} inside)",
+            format!("{}:", e.service),
+            e.host_ip,
+            e.host_port,
+            e.container_port
         ));
     }
     lines.push(format!(

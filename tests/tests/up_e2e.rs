@@ -1,0 +1,250 @@
+//! `envd up` end to end on a real Docker engine: OpenSSH's `ssh NAME.envd` through the entry we
+//! write (host key pinned, checking on), agent forwarding with a real ssh-agent, Jupyter with a
+//! token rendered by headless Chromium, envd-init restarting a killed Jupyter, `envd ls`, and
+//! `envd down` leaving nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use envd_e2e::{require_docker, runtime_dir, workspace_root};
+
+fn envd(args: &[&str]) -> Output {
+    Command::new(runtime_dir().join("envd"))
+        .args(args)
+        .env("ENVD_RUNTIME_DIR", runtime_dir())
+        .output()
+        .expect("run envd")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// A project directory named `name` holding `build_envd`.
+fn project(name: &str, build_envd: &str) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::Builder::new().prefix("envd-up-test").tempdir().unwrap();
+    let dir = root.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("build.envd"), build_envd).unwrap();
+    (root, dir)
+}
+
+/// `envd ls --format json`, as JSON.
+fn ls() -> serde_json::Value {
+    let out = envd(&["ls", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn service<'a>(ls: &'a serde_json::Value, env: &str, service: &str) -> Option<&'a serde_json::Value> {
+    ls.as_array()?
+        .iter()
+        .find(|e| e["name"] == env)?["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)
+}
+
+fn http_status(url: &str) -> String {
+    let o = run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Removes the environment even when an assertion fails half-way.
+struct Down(&'static str);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = envd(&["down", "--name", self.0]);
+    }
+}
+
+const PROGRAM: &str = r#"# syntax=v1
+def build():
+    base(image="debian:bookworm", dev=True)
+    install.python()
+    install.python_packages(name=["numpy"])
+    config.jupyter()
+    runtime.daemon(commands=[["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"]])
+    runtime.expose(envd_port=8000, service="files")
+"#;
+
+fn ssh_config_text() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
+}
+
+#[test]
+fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
+    require_docker();
+    let name = "e2eup";
+    let _down = Down(name);
+    let _ = envd(&["down", "--name", name]);
+    let (_root, dir) = project("e2eup-project", PROGRAM);
+
+    let out = envd(&[
+        "up",
+        "--path",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--detach",
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "envd up failed:\n{log}");
+    assert!(log.contains("ssh e2eup.envd"), "{log}");
+    assert!(
+        log.contains("code --remote ssh-remote+e2eup.envd /home/envd/e2eup-project"),
+        "{log}"
+    );
+    let jupyter_url = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jupyter:"))
+        .map(|u| u.trim().to_string())
+        .unwrap_or_else(|| panic!("no Jupyter URL printed:\n{log}"));
+    assert!(jupyter_url.contains("token="), "{jupyter_url}");
+
+    // Plain OpenSSH through ~/.ssh/config's Include; host-key checking stays on (BatchMode
+    // would fail on an unknown key).
+    let o = run(Command::new("ssh").args([
+        "-o",
+        "BatchMode=yes",
+        "e2eup.envd",
+        "python3 -c 'import numpy; print(numpy.__name__)'; pwd",
+    ]));
+    assert!(o.status.success(), "ssh failed: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "numpy\n/home/envd/e2eup-project"
+    );
+    assert!(ssh_config_text().contains("StrictHostKeyChecking yes"));
+
+    // Agent forwarding: a key held by a real ssh-agent on this side is listed inside.
+    let agent_dir = tempfile::tempdir().unwrap();
+    let sock = agent_dir.path().join("agent.sock");
+    let key = agent_dir.path().join("id_agent");
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .spawn()
+        .expect("ssh-agent");
+    let o = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key-e2e", "-f"]).arg(&key));
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run(Command::new("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &sock));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(Command::new("ssh")
+        .args(["-A", "-o", "BatchMode=yes", "e2eup.envd", "ssh-add -l"])
+        .env("SSH_AUTH_SOCK", &sock));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("agent-key-e2e"),
+        "the forwarded agent is not listed inside: {}",
+        text(&o)
+    );
+
+    // Jupyter answers with the token and refuses without it.
+    assert_eq!(http_status(&jupyter_url), "200");
+    let api = jupyter_url.replace("/lab?token=", "/api/contents?token=");
+    assert_eq!(http_status(&api), "200");
+    assert_eq!(http_status(api.split('?').next().unwrap()), "403");
+
+    // Headless Chromium renders JupyterLab: the page title, the lab shell and the project's
+    // build.envd in the file browser (fetched with the token by the page's own scripts).
+    let chromium_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=20000",
+        "--window-size=1280,800",
+    ];
+    let o = run(Command::new("chromium")
+        .args(chromium_args)
+        .arg("--dump-dom")
+        .arg(&jupyter_url));
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(dom.contains("<title>JupyterLab</title>"), "title missing: {}", text(&o));
+    assert!(dom.contains("jp-LabShell"), "JupyterLab did not render");
+    assert!(dom.contains("build.envd"), "the file browser does not list build.envd");
+    let artifacts = workspace_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("jupyterlab.png");
+    let _ = std::fs::remove_file(&shot);
+    let o = run(Command::new("chromium")
+        .args(chromium_args)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&jupyter_url));
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "no screenshot ({size} bytes): {}", text(&o));
+
+    // Kill Jupyter inside: envd-init restarts it and envd ls shows it healthy again.
+    let o = envd(&["exec", "--name", name, "--", "pkill", "-f", "jupyter-lab"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let l = ls();
+        let j = service(&l, name, "jupyter").cloned().unwrap_or_default();
+        if j["restarts"].as_u64().unwrap_or(0) >= 1 && j["state"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jupyter not healthy again: {l}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(http_status(&jupyter_url), "200");
+
+    // exec returns the command's exit code; an unknown environment is a clear error.
+    let o = envd(&["exec", "--name", name, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let o = envd(&["exec", "--name", "e2eupp", "--", "true"]);
+    assert!(
+        text(&o).contains("no environment named \"e2eupp\". Did you mean \"e2eup\"?"),
+        "{}",
+        text(&o)
+    );
+
+    // down: no container, no SSH entry, ssh no longer resolves the host.
+    let o = envd(&["down", "--name", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eup$", "-q"]));
+    assert!(o.stdout.is_empty(), "container left behind");
+    assert!(!ssh_config_text().contains("e2eup.envd"), "SSH entry left behind");
+    let o = run(Command::new("ssh").args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "e2eup.envd", "true"]));
+    assert!(!o.status.success());
+}
+
+#[test]
+fn a_port_in_use_is_named() {
+    require_docker();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_root, dir) = project(
+        "e2eport",
+        &format!(
+            "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    runtime.expose(envd_port=9000, host_port={port}, service=\"web\")\n"
+        ),
+    );
+    let _down = Down("e2eport");
+    let out = envd(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
+    assert!(!out.status.success());
+    let log = text(&out);
+    assert!(
+        log.contains(&format!("cannot publish port {port}: it is in use")),
+        "{log}"
+    );
+    let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eport$", "-q"]));
+    assert!(o.stdout.is_empty(), "a failed up leaves no container");
+}
