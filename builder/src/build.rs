@@ -70,6 +70,15 @@ pub fn env_name(path: &Path) -> String {
     name.trim_matches(|c| c == '-' || c == '.').to_string()
 }
 
+/// The project directory's own name (not lower-cased): `envd up` mounts the context at
+/// `/home/envd/<this>`.
+pub fn workdir_name(path: &Path) -> String {
+    let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    abs.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "envd".into())
+}
+
 /// uid and gid for the image's `envd` user: the host user's, so the bind-mounted project is
 /// writable; root on the host maps to 1000 (a login user inside).
 pub fn user_ids() -> (u32, u32) {
@@ -135,9 +144,14 @@ pub async fn build(
     } else {
         None
     };
+    let context = crate::context::collect(&opts.path, &graph)?;
     let hash = program_hash(
         &graph,
-        &format!("{runtime_hash}{}", authorized_key.as_deref().unwrap_or("")),
+        &format!(
+            "{runtime_hash}{}{}",
+            authorized_key.as_deref().unwrap_or(""),
+            context.hash
+        ),
         &name,
         ids,
     );
@@ -157,6 +171,11 @@ pub async fn build(
         }
     }
 
+    let context_image = if context.is_empty() {
+        None
+    } else {
+        Some(docker::ensure_context_image(&socket, &context).await?)
+    };
     let compiled = compile::compile(
         &graph,
         &Context {
@@ -167,6 +186,8 @@ pub async fn build(
             program_hash: hash.clone(),
             host_ca: host_ca_bundle(),
             authorized_key,
+            context_image,
+            workdir_name: workdir_name(&opts.path),
         },
     )?;
     let channel = connect::connect(&opts.builder).await?;

@@ -134,8 +134,29 @@ pub async fn ensure_runtime_image(
 
 /// Appends one regular file to a ustar archive.
 fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8], mode: u32) {
+    tar_header(out, name, data.len(), mode, b'0');
+    out.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// Appends one ustar header. Names longer than 100 bytes are split into ustar's prefix (up to
+/// 155 bytes, at a `/`) and name fields.
+fn tar_header(out: &mut Vec<u8>, name: &str, size: usize, mode: u32, kind: u8) {
     let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
+    let (prefix, base) = if name.len() <= 100 {
+        ("", name)
+    } else {
+        let cut = name[..name.len().min(156)]
+            .rfind('/')
+            .filter(|i| name.len() - i - 1 <= 100)
+            .unwrap_or(0);
+        (&name[..cut], &name[cut + 1..])
+    };
+    let base = &base.as_bytes()[..base.len().min(100)];
+    h[..base.len()].copy_from_slice(base);
+    let prefix = &prefix.as_bytes()[..prefix.len().min(155)];
+    h[345..345 + prefix.len()].copy_from_slice(prefix);
     let octal = |field: &mut [u8], v: u64| {
         let s = format!("{:0width$o}\0", v, width = field.len() - 1);
         field.copy_from_slice(s.as_bytes());
@@ -143,19 +164,54 @@ fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8], mode: u32) {
     octal(&mut h[100..108], mode as u64);
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], data.len() as u64);
+    octal(&mut h[124..136], size as u64);
     octal(&mut h[136..148], 0);
     h[148..156].copy_from_slice(b"        ");
-    h[156] = b'0';
+    h[156] = kind;
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
     let sum: u32 = h.iter().map(|b| *b as u32).sum();
     let s = format!("{sum:06o}\0 ");
     h[148..156].copy_from_slice(s.as_bytes());
     out.extend_from_slice(&h);
-    out.extend_from_slice(data);
-    let pad = (512 - data.len() % 512) % 512;
-    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// Makes sure the local image carrying the build context's files exists (see [`crate::context`]).
+pub async fn ensure_context_image(
+    socket: &Path,
+    ctx: &crate::context::BuildContext,
+) -> anyhow::Result<String> {
+    let name = ctx.image();
+    if image_labels(socket, &name).await?.is_some() {
+        return Ok(name);
+    }
+    let root = crate::context::ROOT.trim_start_matches('/');
+    let mut tar = Vec::with_capacity(ctx.size() + ctx.entries.len() * 1024 + 2048);
+    tar_header(&mut tar, root, 0, 0o755, b'5');
+    for e in &ctx.entries {
+        let path = format!("{root}/{}", e.rel);
+        match &e.data {
+            Some(d) => tar_entry(&mut tar, &path, d, e.mode),
+            None => tar_header(&mut tar, &path, 0, e.mode, b'5'),
+        }
+    }
+    tar.extend_from_slice(&[0u8; 1024]);
+    let (repo, tag) = name.split_once(':').unwrap_or((&name, "latest"));
+    let (status, body) = request(
+        socket,
+        "POST",
+        &format!("/images/create?fromSrc=-&repo={repo}&tag={tag}"),
+        &tar,
+        "application/x-tar",
+    )
+    .await?;
+    if status != 200 || String::from_utf8_lossy(&body).contains("\"error\"") {
+        bail!(
+            "importing the build context as an image failed ({status}): {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -166,6 +222,9 @@ mod tests {
     fn tar_is_readable_by_tar() {
         let mut t = Vec::new();
         tar_entry(&mut t, "hello", b"hi\n", 0o755);
+        tar_header(&mut t, "dir", 0, 0o755, b'5');
+        let long = format!("dir/{}/{}", "a".repeat(90), "b".repeat(60));
+        tar_entry(&mut t, &long, b"long\n", 0o644);
         t.extend_from_slice(&[0u8; 1024]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.tar"), &t).unwrap();
@@ -179,7 +238,10 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("hello"));
+        assert!(listing.contains(&long), "{listing}");
+        assert!(listing.contains("drwxr-xr-x"), "{listing}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod build;
 pub mod buildkit;
 pub mod compile;
+pub mod context;
 pub mod docker;
 pub mod env;
 pub mod graph;

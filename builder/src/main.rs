@@ -205,19 +205,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout,
                 recreate: force,
             };
-            let up = tokio()?.block_on(env::up::up(
-                &opts,
-                &name,
-                build::print_progress,
-                |s, at| {
+            let up =
+                tokio()?.block_on(env::up::up(&opts, &name, build::print_progress, |s, at| {
                     println!(
                         "[{:>5.1}s] {:<12} {}",
                         at.as_secs_f64(),
                         s.name,
                         env::health::describe(s)
                     )
-                },
-            ))?;
+                }))?;
             println!();
             println!(
                 "{name} is up ({}; every service healthy {:.2}s after the start{}).",
@@ -356,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: Debug::Llb { path, from },
         } => {
             let graph = envd_builder::lang::evaluate(&path, &from)?;
+            let context = envd_builder::context::collect(&path, &graph)?;
             let (uid, gid) = build::user_ids();
             let compiled = compile::compile(
                 &graph,
@@ -372,6 +369,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     host_ca: build::host_ca_bundle(),
                     authorized_key: Some("<your public key: ~/.config/envd/id_ed25519.pub>".into()),
+                    context_image: (!context.is_empty()).then(|| context.image()),
+                    workdir_name: build::workdir_name(&path),
                 },
             )?;
             print!(

@@ -148,10 +148,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         .as_nanos();
     std::fs::write(
         dir.join("build.envd"),
-        PROGRAM.replace(
-            "[\"six\"]",
-            &format!("[\"six\", \"idna!=0.0.{nonce}\"]"),
-        ),
+        PROGRAM.replace("[\"six\"]", &format!("[\"six\", \"idna!=0.0.{nonce}\"]")),
     )
     .unwrap();
     let out = envd(&["build", "--path", path, "-t", tag]);
@@ -294,5 +291,69 @@ fn debug_llb_prints_ops_and_config_without_building() {
     assert!(
         t.contains("pip install") && t.contains("\"Entrypoint\""),
         "{t}"
+    );
+}
+
+#[test]
+fn build_context_files_requirements_copy_mount_host_and_http() {
+    require_docker();
+    let program = r#"# syntax=v1
+def build():
+    base(image="debian:bookworm", dev=True)
+    install.python()
+    install.python_packages(requirements="requirements.txt")
+    io.copy(source="data", target="/opt/data")
+    io.http(
+        url="https://files.pythonhosted.org/packages/d9/5a/e7c31adbe875f2abbb91bd84cf2dc52d792b5a01506781dbcf25c91daf11/six-1.16.0-py2.py3-none-any.whl",
+        checksum="sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+        filename="six.whl",
+    )
+    run(commands=["cp from-host.txt /tmp/seen.txt"], mount_host=True)
+"#;
+    let root = project("e2ectx", program);
+    let dir = root.path().join("e2ectx");
+    std::fs::write(dir.join("requirements.txt"), "six==1.16.0\n").unwrap();
+    std::fs::create_dir_all(dir.join("data/nested")).unwrap();
+    std::fs::write(dir.join("data/nested/hello.txt"), "hello from data\n").unwrap();
+    std::fs::write(dir.join("from-host.txt"), "mounted\n").unwrap();
+    let path = dir.to_str().unwrap();
+    let tag = "envd-e2e/ctx:test";
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    assert!(out.status.success(), "{}", text(&out));
+    let check = "set -e; cat /opt/data/nested/hello.txt /tmp/seen.txt; \
+                 /opt/envd/venv/bin/python -c 'import six; print(six.__version__)'; \
+                 sha256sum /home/envd/extra_source/six.whl | cut -c1-12; stat -c %U /opt/data/nested/hello.txt";
+    let o = docker(&["run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", check]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from data\nmounted\n1.16.0\n8abb2f1d8689\nenvd\n",
+        "{}",
+        text(&o)
+    );
+    // The context's content is part of the program: an edit rebuilds, no edit does not.
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    std::fs::write(dir.join("data/nested/hello.txt"), "changed\n").unwrap();
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("up to date"), "{}", text(&out));
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "cat",
+        tag,
+        "/opt/data/nested/hello.txt",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "changed\n");
+    // A missing file is named.
+    std::fs::remove_file(dir.join("requirements.txt")).unwrap();
+    let out = envd(&["build", "--path", path, "-t", tag]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("requirements.txt")
+            && text(&out).contains("missing from the build context"),
+        "{}",
+        text(&out)
     );
 }

@@ -32,7 +32,10 @@ fn run(cmd: &mut Command) -> Output {
 
 /// A project directory named `name` holding `build_envd`.
 fn project(name: &str, build_envd: &str) -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::Builder::new().prefix("envd-up-test").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("envd-up-test")
+        .tempdir()
+        .unwrap();
     let dir = root.path().join(name);
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("build.envd"), build_envd).unwrap();
@@ -46,10 +49,12 @@ fn ls() -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn service<'a>(ls: &'a serde_json::Value, env: &str, service: &str) -> Option<&'a serde_json::Value> {
-    ls.as_array()?
-        .iter()
-        .find(|e| e["name"] == env)?["services"]
+fn service<'a>(
+    ls: &'a serde_json::Value,
+    env: &str,
+    service: &str,
+) -> Option<&'a serde_json::Value> {
+    ls.as_array()?.iter().find(|e| e["name"] == env)?["services"]
         .as_array()?
         .iter()
         .find(|s| s["name"] == service)
@@ -137,13 +142,17 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         .arg(&sock)
         .spawn()
         .expect("ssh-agent");
-    let o = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key-e2e", "-f"]).arg(&key));
+    let o = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key-e2e", "-f"])
+        .arg(&key));
     assert!(o.status.success(), "{}", text(&o));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let o = run(Command::new("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &sock));
+    let o = run(Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock));
     assert!(o.status.success(), "{}", text(&o));
     let o = run(Command::new("ssh")
         .args(["-A", "-o", "BatchMode=yes", "e2eup.envd", "ssh-add -l"])
@@ -177,9 +186,16 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         .arg("--dump-dom")
         .arg(&jupyter_url));
     let dom = String::from_utf8_lossy(&o.stdout);
-    assert!(dom.contains("<title>JupyterLab</title>"), "title missing: {}", text(&o));
+    assert!(
+        dom.contains("<title>JupyterLab</title>"),
+        "title missing: {}",
+        text(&o)
+    );
     assert!(dom.contains("jp-LabShell"), "JupyterLab did not render");
-    assert!(dom.contains("build.envd"), "the file browser does not list build.envd");
+    assert!(
+        dom.contains("build.envd"),
+        "the file browser does not list build.envd"
+    );
     let artifacts = workspace_root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("jupyterlab.png");
@@ -221,8 +237,18 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     assert!(o.status.success(), "{}", text(&o));
     let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eup$", "-q"]));
     assert!(o.stdout.is_empty(), "container left behind");
-    assert!(!ssh_config_text().contains("e2eup.envd"), "SSH entry left behind");
-    let o = run(Command::new("ssh").args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "e2eup.envd", "true"]));
+    assert!(
+        !ssh_config_text().contains("e2eup.envd"),
+        "SSH entry left behind"
+    );
+    let o = run(Command::new("ssh").args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        "e2eup.envd",
+        "true",
+    ]));
     assert!(!o.status.success());
 }
 

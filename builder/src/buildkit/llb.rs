@@ -39,6 +39,27 @@ pub struct CacheMount {
     pub id: String,
 }
 
+/// A read-only bind mount of another state into an exec.
+pub struct Bind {
+    /// The state to mount.
+    pub from: State,
+    /// The path inside it to mount ("/" for all of it).
+    pub selector: String,
+    /// Where it appears.
+    pub dest: String,
+}
+
+fn chown(owner: Option<(u32, u32)>) -> Option<pb::ChownOpt> {
+    owner.map(|(u, g)| pb::ChownOpt {
+        user: Some(pb::UserOpt {
+            user: Some(pb::user_opt::User::ById(u)),
+        }),
+        group: Some(pb::UserOpt {
+            user: Some(pb::user_opt::User::ById(g)),
+        }),
+    })
+}
+
 /// An LLB graph under construction.
 #[derive(Default)]
 pub struct Llb {
@@ -111,12 +132,40 @@ impl Llb {
         caches: &[CacheMount],
         name: &str,
     ) -> State {
+        self.run_with_binds(root, args, env, user, caches, &[], name)
+    }
+
+    /// [`Llb::run`] with read-only bind mounts of other states (e.g. the build context).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_binds(
+        &mut self,
+        root: &State,
+        args: Vec<String>,
+        env: Vec<String>,
+        user: &str,
+        caches: &[CacheMount],
+        binds: &[Bind],
+        name: &str,
+    ) -> State {
         let mut mounts = vec![pb::Mount {
             input: 0,
             dest: "/".into(),
             output: 0,
             ..Default::default()
         }];
+        let mut inputs = vec![root.input()];
+        for b in binds {
+            mounts.push(pb::Mount {
+                input: inputs.len() as i64,
+                selector: b.selector.clone(),
+                dest: b.dest.clone(),
+                output: -1,
+                readonly: true,
+                mount_type: pb::MountType::Bind as i32,
+                ..Default::default()
+            });
+            inputs.push(b.from.input());
+        }
         for c in caches {
             mounts.push(pb::Mount {
                 input: -1,
@@ -132,7 +181,7 @@ impl Llb {
         }
         self.add(
             pb::Op {
-                inputs: vec![root.input()],
+                inputs,
                 op: Some(pb::op::Op::Exec(pb::ExecOp {
                     meta: Some(pb::Meta {
                         args,
@@ -158,14 +207,7 @@ impl Llb {
         mode: i32,
         owner: Option<(u32, u32)>,
     ) -> State {
-        let chown = owner.map(|(u, g)| pb::ChownOpt {
-            user: Some(pb::UserOpt {
-                user: Some(pb::user_opt::User::ById(u)),
-            }),
-            group: Some(pb::UserOpt {
-                user: Some(pb::user_opt::User::ById(g)),
-            }),
-        });
+        let chown = chown(owner);
         let parent = std::path::Path::new(path)
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
@@ -207,7 +249,8 @@ impl Llb {
         )
     }
 
-    /// Copies `src` from `from` to `dest` on top of `root`.
+    /// Copies `src` from `from` to `dest` on top of `root`, owned by `owner` (uid, gid) when
+    /// given.
     pub fn copy(
         &mut self,
         root: &State,
@@ -215,6 +258,7 @@ impl Llb {
         src: &str,
         dest: &str,
         mode: Option<i32>,
+        owner: Option<(u32, u32)>,
     ) -> State {
         self.add(
             pb::Op {
@@ -227,7 +271,7 @@ impl Llb {
                         action: Some(pb::file_action::Action::Copy(pb::FileActionCopy {
                             src: src.into(),
                             dest: dest.into(),
-                            owner: None,
+                            owner: chown(owner),
                             mode: mode.unwrap_or(-1),
                             follow_symlink: true,
                             dir_copy_contents: false,
@@ -240,6 +284,29 @@ impl Llb {
                 platform: platform(),
             },
             &format!("copy {src} -> {dest}"),
+        )
+    }
+
+    /// A file downloaded over HTTP(S) by BuildKit, checked against `checksum` (an OCI digest)
+    /// when given, as `/<filename>` of the resulting state.
+    pub fn http(&mut self, url: &str, checksum: Option<&str>, filename: Option<&str>) -> State {
+        let mut attrs = BTreeMap::new();
+        if let Some(c) = checksum {
+            attrs.insert("http.checksum".to_string(), c.to_string());
+        }
+        if let Some(f) = filename {
+            attrs.insert("http.filename".to_string(), f.to_string());
+        }
+        self.add(
+            pb::Op {
+                inputs: vec![],
+                op: Some(pb::op::Op::Source(pb::SourceOp {
+                    identifier: url.to_string(),
+                    attrs,
+                })),
+                platform: platform(),
+            },
+            &format!("download {url}"),
         )
     }
 
@@ -283,8 +350,21 @@ pub fn describe(def: &pb::Definition) -> String {
                     .iter()
                     .filter_map(|m| m.cache_opt.as_ref().map(|c| format!("{}={}", m.dest, c.id)))
                     .collect();
+                let binds: Vec<String> = e
+                    .mounts
+                    .iter()
+                    .filter(|m| m.input > 0 && m.mount_type == pb::MountType::Bind as i32)
+                    .map(|m| {
+                        format!(
+                            "{}<-{}{}",
+                            m.dest,
+                            m.selector,
+                            if m.readonly { " ro" } else { "" }
+                        )
+                    })
+                    .collect();
                 format!(
-                    "exec user={} {:?}{}",
+                    "exec user={} {:?}{}{}",
                     if meta.user.is_empty() {
                         "root"
                     } else {
@@ -295,6 +375,11 @@ pub fn describe(def: &pb::Definition) -> String {
                         String::new()
                     } else {
                         format!(" caches[{}]", caches.join(", "))
+                    },
+                    if binds.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" binds[{}]", binds.join(", "))
                     }
                 )
             }

@@ -29,10 +29,7 @@ pub async fn container_info(docker: &Docker, name: &str) -> anyhow::Result<Optio
         .await
     {
         Ok(c) => Ok(Some(ContainerInfo {
-            labels: c
-                .config
-                .and_then(|c| c.labels)
-                .unwrap_or_default(),
+            labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
             running: c.state.and_then(|s| s.running).unwrap_or(false),
             image_id: c.image.unwrap_or_default(),
         })),
@@ -74,21 +71,18 @@ pub async fn exec_capture(
         .await
         .context("cannot create the exec")?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&exec.id, None).await?
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id, None).await?
     {
         while let Some(chunk) = output.next().await {
             match chunk? {
-                bollard::container::LogOutput::StdErr { message } => err.extend_from_slice(&message),
+                bollard::container::LogOutput::StdErr { message } => {
+                    err.extend_from_slice(&message)
+                }
                 other => out.extend_from_slice(&other.into_bytes()),
             }
         }
     }
-    let code = docker
-        .inspect_exec(&exec.id)
-        .await?
-        .exit_code
-        .unwrap_or(-1);
+    let code = docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
     Ok((
         code,
         String::from_utf8_lossy(&out).into_owned(),
@@ -100,7 +94,11 @@ pub async fn exec_capture(
 /// stdout and stderr, and returns its exit code.
 pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
     if !env.running() {
-        bail!("{} is not running (status: {}); start it with envd up", env.name, env.status);
+        bail!(
+            "{} is not running (status: {}); start it with envd up",
+            env.name,
+            env.status
+        );
     }
     let docker = super::docker().await?;
     let exec = docker
@@ -346,7 +344,12 @@ pub async fn describe(name: &str) -> anyhow::Result<()> {
 
 /// `envd logs`: a service's log through envd-init, or (without a service) the container's
 /// output, which is envd-init's own log.
-pub async fn logs(name: &str, service: Option<&str>, follow: bool, tail: u32) -> anyhow::Result<()> {
+pub async fn logs(
+    name: &str,
+    service: Option<&str>,
+    follow: bool,
+    tail: u32,
+) -> anyhow::Result<()> {
     let docker = super::docker().await?;
     let env = super::find(&docker, name).await?;
     if let Some(service) = service {

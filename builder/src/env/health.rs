@@ -203,7 +203,8 @@ pub async fn wait_ready(
         }
         // Watch says when the whole environment's health flips; the short tick shows the
         // per-service steps in between (e.g. sshd healthy while Jupyter still starts).
-        let tick = Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()));
+        let tick =
+            Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()));
         tokio::select! {
             msg = watch.next() => if msg.is_none() {
                 bail!("envd-init closed the Watch stream (did the container stop?)");

@@ -140,10 +140,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
         }
     }
     let mut endpoints = Vec::new();
-    let ports = c
-        .network_settings
-        .and_then(|n| n.ports)
-        .unwrap_or_default();
+    let ports = c.network_settings.and_then(|n| n.ports).unwrap_or_default();
     for (key, bindings) in ports {
         let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
             continue;
@@ -192,7 +189,9 @@ pub async fn find(docker: &Docker, name: &str) -> anyhow::Result<Environment> {
             let names: Vec<&str> = known.iter().map(String::as_str).collect();
             let hint = match envd_supervisor::config::closest(name, &names) {
                 Some(c) => format!(" Did you mean {c:?}?"),
-                None if known.is_empty() => " There are no environments; start one with `envd up`.".into(),
+                None if known.is_empty() => {
+                    " There are no environments; start one with `envd up`.".into()
+                }
                 None => format!(" Environments: {}.", known.join(", ")),
             };
             bail!("there is no environment named {name:?}.{hint}")

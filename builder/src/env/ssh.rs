@@ -258,10 +258,17 @@ mod tests {
 
     #[test]
     fn known_hosts_lines_are_per_alias() {
-        let t = replace_known_host("x.envd ssh-ed25519 AAA\n", "y.envd", Some("ssh-ed25519 BBB"));
+        let t = replace_known_host(
+            "x.envd ssh-ed25519 AAA\n",
+            "y.envd",
+            Some("ssh-ed25519 BBB"),
+        );
         let t = replace_known_host(&t, "x.envd", Some("ssh-ed25519 CCC"));
         assert_eq!(t, "y.envd ssh-ed25519 BBB\nx.envd ssh-ed25519 CCC\n");
-        assert_eq!(replace_known_host(&t, "y.envd", None), "x.envd ssh-ed25519 CCC\n");
+        assert_eq!(
+            replace_known_host(&t, "y.envd", None),
+            "x.envd ssh-ed25519 CCC\n"
+        );
     }
 
     #[test]

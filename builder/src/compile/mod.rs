@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde_json::json;
 
-use crate::buildkit::llb::{CacheMount, Llb};
+pub mod toolchains;
+
+use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
 use crate::buildkit::proto::pb;
+use crate::context;
 use crate::graph::{Graph, Language};
 
 /// Where the Python environment lives in dev images.
@@ -48,6 +51,12 @@ pub struct Context {
     pub host_ca: Option<Vec<u8>>,
     /// The user's public key, installed as the environment's `authorized_keys` (dev images).
     pub authorized_key: Option<String>,
+    /// The local image carrying the build context's files ([`crate::context`]), when the
+    /// program reads any.
+    pub context_image: Option<String>,
+    /// The project directory's name: `run(mount_host=True)` sees the context at
+    /// `/home/envd/<name>`, as `envd up` mounts it.
+    pub workdir_name: String,
 }
 
 /// envd-sshd's `authorized_keys` in a dev image.
@@ -90,74 +99,12 @@ fn quote(s: &str) -> String {
         .unwrap_or_else(|_| format!("'{s}'"))
 }
 
-/// Refuses what this builder cannot build yet, naming it.
+/// Refuses what this builder cannot build, naming it.
 fn check_supported(g: &Graph) -> anyhow::Result<()> {
-    let mut missing = Vec::new();
-    for l in &g.languages {
-        match l {
-            Language::Python { .. } => {}
-            other => missing.push(format!("install.{}", language_name(other))),
-        }
-    }
-    if g.cuda.is_some() {
-        missing.push("install.cuda".into());
-    }
-    if !g.conda_packages.is_empty() {
-        missing.push("install.conda_packages".into());
-    }
-    if !g.r_packages.is_empty() {
-        missing.push("install.r_packages".into());
-    }
-    if !g.julia_packages.is_empty() {
-        missing.push("install.julia_packages".into());
-    }
-    if !g.vscode_extensions.is_empty() {
-        missing.push("install.vscode_extensions".into());
-    }
-    if g.codex.is_some() {
-        missing.push("install.codex".into());
-    }
-    if !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty() {
-        missing.push(
-            "install.python_packages(requirements=/local_wheels=) (needs the build context)".into(),
-        );
-    }
-    if !g.copies.is_empty() {
-        missing.push("io.copy (needs the build context)".into());
-    }
-    if !g.downloads.is_empty() {
-        missing.push("io.http".into());
-    }
-    if g.run.iter().any(|r| r.mount_host) {
-        missing.push("run(mount_host=True) (needs the build context)".into());
-    }
     if g.config.rstudio_server {
-        missing.push("config.rstudio_server".into());
-    }
-    if !missing.is_empty() {
-        bail!(
-            "this builder cannot build {} yet; supported so far: base, shell, run, git_config, install.python, install.apt_packages, install.python_packages(name=), config.*, runtime.*",
-            missing.join(", ")
-        );
-    }
-    if g.dev && !g.config.entrypoint.is_empty() {
-        bail!("config.entrypoint cannot be used with base(dev=True): a development environment's entrypoint is envd-init");
+        bail!("this builder cannot build config.rstudio_server yet (RStudio Server is not packaged in Debian and has no stable download URL)");
     }
     Ok(())
-}
-
-fn language_name(l: &Language) -> &'static str {
-    match l {
-        Language::Python { .. } => "python",
-        Language::Conda { .. } => "conda",
-        Language::Uv { .. } => "uv",
-        Language::Pixi { .. } => "pixi",
-        Language::R => "r_lang",
-        Language::Julia => "julia",
-        Language::Rust { .. } => "rust",
-        Language::Go { .. } => "go",
-        Language::NodeJs { .. } => "nodejs",
-    }
 }
 
 /// Service files for envd-init: sshd, Jupyter, `runtime.init` and `runtime.daemon`.
@@ -194,12 +141,23 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
             ),
         ));
     }
-    if let Some(j) = &g.config.jupyter {
-        let _ = j;
+    if g.config.jupyter.is_some() {
+        let prefix = python_prefix(g).unwrap_or(VENV);
         files.push((
             "jupyter".to_string(),
             format!(
-                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{VENV}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{prefix}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+            ),
+        ));
+    }
+    if !g.config.entrypoint.is_empty() {
+        // A dev image's entrypoint is envd-init; the program's own entrypoint runs once under it.
+        let command = shlex::try_join(g.config.entrypoint.iter().map(String::as_str))
+            .unwrap_or_else(|_| g.config.entrypoint.join(" "));
+        files.push((
+            "entrypoint".to_string(),
+            format!(
+                "# Written by envd: config.entrypoint, run once under envd-init.\ncommand = {command:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n"
             ),
         ));
     }
@@ -216,18 +174,80 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
     files
 }
 
+/// Where Python lives: the venv, or the conda environment when conda is installed.
+pub fn python_prefix(g: &Graph) -> Option<&'static str> {
+    let wants_python = g.languages.iter().any(|l| {
+        matches!(
+            l,
+            Language::Python { .. } | Language::Conda { .. } | Language::Uv { .. }
+        )
+    }) || !g.python_packages.is_empty()
+        || !g.python_requirements.is_empty()
+        || !g.python_local_wheels.is_empty()
+        || g.config.jupyter.is_some();
+    if !wants_python {
+        None
+    } else if toolchains::has_conda(g) {
+        Some(toolchains::CONDA_ENV)
+    } else {
+        Some(VENV)
+    }
+}
+
+/// The Python version asked for (install.python, install.conda's env, install.uv).
+fn python_version(g: &Graph) -> Option<String> {
+    g.languages.iter().find_map(|l| match l {
+        Language::Python { version } => Some(version.clone()),
+        Language::Uv { python_version } if !python_version.is_empty() => {
+            Some(python_version.clone())
+        }
+        _ => None,
+    })
+}
+
+/// The image the build starts from (`install.cuda` picks a CUDA image, as envd does).
+fn base_image(g: &Graph) -> String {
+    match &g.cuda {
+        Some(c) if !g.image.contains("nvidia/cuda") => toolchains::cuda_image(&c.version, &c.cudnn),
+        _ => g.image.clone(),
+    }
+}
+
+/// Where `io.http` downloads go.
+fn downloads_dir(g: &Graph) -> String {
+    if g.dev {
+        format!("{HOME}/extra_source")
+    } else {
+        "/extra_source".into()
+    }
+}
+
 /// Compiles the graph.
 pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     check_supported(g)?;
     let mut llb = Llb::default();
-    let mut s = llb.image(&g.image);
+    let mut s = llb.image(&base_image(g));
     let owner = Some((ctx.uid, ctx.gid));
-    let has_python = g
-        .languages
-        .iter()
-        .any(|l| matches!(l, Language::Python { .. }))
-        || !g.python_packages.is_empty()
-        || g.config.jupyter.is_some();
+    let py = python_prefix(g);
+    let has_python = py.is_some();
+    let conda = toolchains::has_conda(g);
+    let context_image = match (&ctx.context_image, context::referenced_paths(g).is_empty()) {
+        (_, true) => None,
+        (Some(image), false) => Some(llb.image(image)),
+        (None, false) => {
+            bail!("this program reads files from the build context, and no context image was given")
+        }
+    };
+    let tool_paths = toolchains::paths(g, HOME);
+    let path_env = {
+        let mut p: Vec<String> = g.runtime.extra_path.clone();
+        p.extend(tool_paths.iter().cloned());
+        if let (Some(prefix), false) = (py, conda) {
+            p.push(format!("{prefix}/bin"));
+        }
+        p.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        format!("PATH={}", p.join(":"))
+    };
 
     if let Some(src) = &g.config.apt_source {
         s = llb.mkfile(&s, "/etc/apt/sources.list", src.as_bytes(), 0o644, None);
@@ -236,9 +256,18 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     if g.dev {
         apt.extend(DEV_APT_PACKAGES.iter().map(|p| p.to_string()));
     }
-    if has_python {
+    if has_python && !conda {
         apt.extend(["python3", "python3-venv", "python3-pip"].map(String::from));
     }
+    if conda
+        || !g.downloads.is_empty()
+        || g.languages
+            .iter()
+            .any(|l| !matches!(l, Language::Python { .. }))
+    {
+        apt.extend(["curl", "ca-certificates", "bzip2"].map(String::from));
+    }
+    apt.extend(toolchains::apt_packages(g));
     apt.extend(g.apt_packages.iter().cloned());
     apt.sort();
     apt.dedup();
@@ -294,7 +323,44 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             None,
         );
     }
-    if has_python {
+
+    // Files from the build context that the package steps read come in first.
+    let mut context_binds = Vec::new();
+    if let Some(cs) = &context_image {
+        context_binds.push(Bind {
+            from: cs.clone(),
+            selector: context::ROOT.into(),
+            dest: context::ROOT.into(),
+        });
+    }
+
+    let run_step = |llb: &mut Llb, s: &State, st: toolchains::Step, binds: &[Bind]| {
+        let mut env = vec![path_env.clone()];
+        if st.as_user {
+            env.push(format!("HOME={HOME}"));
+        }
+        for (k, v) in toolchains::environment(g, HOME) {
+            env.push(format!("{k}={v}"));
+        }
+        llb.run_with_binds(
+            s,
+            vec!["/bin/bash".into(), "-c".into(), st.script],
+            env,
+            if st.as_user && g.dev { "envd" } else { "" },
+            &st.caches,
+            binds,
+            &st.name,
+        )
+    };
+
+    if conda {
+        let v = python_version(g).unwrap_or_else(|| "3.11".into());
+        for st in toolchains::conda_steps(g, &v, (ctx.uid, ctx.gid)) {
+            s = run_step(&mut llb, &s, st, &context_binds);
+        }
+    }
+
+    if let Some(prefix) = py {
         let mut pkgs = g.python_packages.clone();
         if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
             pkgs.push("jupyterlab".into());
@@ -302,8 +368,10 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         let mut env = vec![];
         if let Some(ix) = &g.config.pip_index {
             env.push(format!("PIP_INDEX_URL={}", ix.url));
+            env.push(format!("UV_INDEX_URL={}", ix.url));
             if let Some(extra) = &ix.extra_url {
                 env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
+                env.push(format!("UV_EXTRA_INDEX_URL={extra}"));
             }
             if ix.trust {
                 if let Some(host) = ix.url.split("://").nth(1).and_then(|r| r.split('/').next()) {
@@ -311,32 +379,62 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
                 }
             }
         }
-        let install = if pkgs.is_empty() {
-            String::new()
+        let uv = g.languages.iter().any(|l| matches!(l, Language::Uv { .. }));
+        let installer = if uv {
+            format!("{prefix}/bin/uv pip install --python {prefix}/bin/python --cache-dir /var/cache/envd-pip")
         } else {
-            format!(
-                " && {VENV}/bin/pip install --cache-dir /var/cache/envd-pip {}",
+            format!("{prefix}/bin/pip install --cache-dir /var/cache/envd-pip")
+        };
+        let mut installs = Vec::new();
+        if !pkgs.is_empty() {
+            installs.push(format!(
+                "{installer} {}",
                 pkgs.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
-            )
-        };
-        let wanted = g.languages.iter().find_map(|l| match l {
-            Language::Python { version } => Some(version.clone()),
-            _ => None,
-        });
-        let check = match &wanted {
-            Some(v) => format!(
-                "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: install.python(version={v:?}) asked; the base image has Python $have, which is used\" >&2 ;; esac; "
+            ));
+        }
+        for r in &g.python_requirements {
+            installs.push(format!(
+                "{installer} -r {}",
+                quote(&context::BuildContext::path_in_image(r))
+            ));
+        }
+        if !g.python_local_wheels.is_empty() {
+            installs.push(format!(
+                "{installer} {}",
+                g.python_local_wheels
+                    .iter()
+                    .map(|w| quote(&context::BuildContext::path_in_image(w)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        let wanted = python_version(g);
+        let check = match (&wanted, conda) {
+            (Some(v), false) => format!(
+                "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: Python {v} was asked; the base image has Python $have, which is used\" >&2 ;; esac; "
             ),
-            None => String::new(),
+            _ => String::new(),
         };
+        let create = if conda {
+            String::new()
+        } else if uv {
+            format!("python3 -m venv {prefix} && {prefix}/bin/pip install --cache-dir /var/cache/envd-pip uv; ")
+        } else {
+            format!("python3 -m venv {prefix}; ")
+        };
+        let install = installs.join(" && ");
         let script = format!(
-            "set -e; {check}python3 -m venv {VENV}{install}; chown -R {}:{} {VENV}",
-            ctx.uid, ctx.gid
+            "set -e; {check}{create}{install}{}chown -R {}:{} {prefix}",
+            if install.is_empty() { "" } else { "; " },
+            ctx.uid,
+            ctx.gid
         );
-        let mut env_all =
-            vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+        let mut env_all = vec![path_env.clone()];
         env_all.extend(env);
-        s = llb.run(
+        let mut what: Vec<String> = pkgs.clone();
+        what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
+        what.extend(g.python_local_wheels.iter().cloned());
+        s = llb.run_with_binds(
             &s,
             sh(&script),
             env_all,
@@ -345,7 +443,61 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
                 dest: "/var/cache/envd-pip".into(),
                 id: "envd-pip".into(),
             }],
-            &format!("pip install {}", pkgs.join(" ")),
+            if g.python_requirements.is_empty() && g.python_local_wheels.is_empty() {
+                &[]
+            } else {
+                &context_binds
+            },
+            &format!(
+                "{} install {}",
+                if uv { "uv pip" } else { "pip" },
+                what.join(" ")
+            ),
+        );
+    }
+
+    for st in toolchains::other_steps(g, HOME) {
+        s = run_step(&mut llb, &s, st, &[]);
+    }
+
+    for d in &g.downloads {
+        let name = d
+            .filename
+            .clone()
+            .or_else(|| d.url.rsplit('/').next().map(str::to_string))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "download".into());
+        let src = llb.http(&d.url, d.checksum.as_deref(), Some(&name));
+        s = llb.copy(
+            &s,
+            &src,
+            &format!("/{name}"),
+            &format!("{}/{name}", downloads_dir(g)),
+            None,
+            if g.dev { owner } else { None },
+        );
+    }
+
+    for c in &g.copies {
+        let (from, src) = match (&c.image, &context_image) {
+            (Some(image), _) => (llb.image(image), c.source.clone()),
+            (None, Some(cs)) => (cs.clone(), context::BuildContext::path_in_image(&c.source)),
+            (None, None) => bail!("io.copy({:?}) needs the build context", c.source),
+        };
+        let target = if c.target.starts_with('/') {
+            c.target.clone()
+        } else if g.dev {
+            format!("{HOME}/{}", c.target)
+        } else {
+            format!("/{}", c.target)
+        };
+        s = llb.copy(
+            &s,
+            &from,
+            &src,
+            &target,
+            None,
+            if g.dev { owner } else { None },
         );
     }
 
@@ -360,6 +512,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             "/envd-init",
             "/usr/local/bin/envd-init",
             Some(0o755),
+            None,
         );
         s = llb.copy(
             &s,
@@ -367,6 +520,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             "/envd-sshd",
             "/usr/local/bin/envd-sshd",
             Some(0o755),
+            None,
         );
         if let Some(key) = &ctx.authorized_key {
             s = llb.mkfile(
@@ -387,16 +541,20 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             );
         }
         let shell: envd_shell::Shell = g.shell.parse().unwrap_or(envd_shell::Shell::Bash);
+        let mut extra_path = g.runtime.extra_path.clone();
+        extra_path.extend(tool_paths.iter().cloned());
+        let mut env: Vec<(String, String)> = g
+            .runtime
+            .environ
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(toolchains::environment(g, HOME));
         let setup = envd_shell::Setup {
             env_name: ctx.env_name.clone(),
-            extra_path: g.runtime.extra_path.clone(),
-            env: g
-                .runtime
-                .environ
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            venv: has_python.then(|| VENV.to_string()),
+            extra_path,
+            env,
+            venv: (has_python && !conda).then(|| VENV.to_string()),
             conda_env: None,
         };
         for f in envd_shell::home_files(shell, &setup) {
@@ -425,30 +583,40 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     }
 
     for (i, step) in g.run.iter().enumerate() {
-        let script = format!("set -euo pipefail\n{}", step.commands.join("\n"));
+        let workdir = format!("{HOME}/{}", ctx.workdir_name);
+        let mut script = String::from("set -euo pipefail\n");
+        if step.mount_host {
+            script.push_str(&format!("cd {}\n", quote(&workdir)));
+        }
+        script.push_str(&step.commands.join("\n"));
         let user = if g.dev { "envd" } else { "" };
-        let mut env = vec![format!(
-            "PATH={}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            if has_python {
-                format!("{VENV}/bin:")
-            } else {
-                String::new()
-            }
-        )];
+        let mut env = vec![path_env.clone()];
         if g.dev {
             env.push(format!("HOME={HOME}"));
         }
-        s = llb.run(
+        for (k, v) in toolchains::environment(g, HOME) {
+            env.push(format!("{k}={v}"));
+        }
+        let binds: Vec<Bind> = match (&context_image, step.mount_host) {
+            (Some(cs), true) => vec![Bind {
+                from: cs.clone(),
+                selector: context::ROOT.into(),
+                dest: workdir.clone(),
+            }],
+            _ => vec![],
+        };
+        s = llb.run_with_binds(
             &s,
             vec!["/bin/bash".into(), "-c".into(), script],
             env,
             user,
             &[],
+            &binds,
             &format!("run #{}: {}", i + 1, step.commands.join("; ")),
         );
     }
 
-    let config = image_config(g, ctx, has_python, shell_path)?;
+    let config = image_config(g, ctx, &path_env, shell_path)?;
     Ok(Compiled {
         definition: llb.definition(&s),
         config,
@@ -458,20 +626,13 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
 fn image_config(
     g: &Graph,
     ctx: &Context,
-    has_python: bool,
+    path_env: &str,
     shell_path: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut path = String::new();
-    for p in &g.runtime.extra_path {
-        path.push_str(p);
-        path.push(':');
+    let mut env = vec![path_env.to_string()];
+    for (k, v) in toolchains::environment(g, HOME) {
+        env.push(format!("{k}={v}"));
     }
-    if has_python {
-        path.push_str(VENV);
-        path.push_str("/bin:");
-    }
-    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    let mut env = vec![format!("PATH={path}")];
     if g.dev {
         env.push(format!("ENVD_NAME={}", ctx.env_name));
         env.push(format!("SHELL={shell_path}"));
@@ -550,6 +711,8 @@ mod tests {
             program_hash: "abc".into(),
             host_ca: None,
             authorized_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey envd".into()),
+            context_image: Some("envd-rs/context:test".into()),
+            workdir_name: "demo".into(),
         }
     }
 
@@ -590,12 +753,69 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_parts_are_named() {
-        let g = graph("def build():\n    base(dev=True)\n    install.conda()\n    install.cuda(version=\"11.8.0\")\n");
-        let e = compile(&g, &ctx()).unwrap_err().to_string();
+    fn toolchains_compile_as_envd_does() {
+        let g = graph("def build():\n    base(dev=True)\n    install.conda(use_mamba=True)\n    install.python(version=\"3.10\")\n    install.conda_packages(name=[\"numpy\"], channel=[\"conda-forge\"])\n    install.python_packages(name=[\"six\"])\n    install.cuda(version=\"11.8.0\", cudnn=\"8\")\n    install.go()\n    install.rust()\n    install.nodejs()\n    install.codex()\n    io.http(url=\"https://example.com/a.bin\", checksum=\"sha256:0000000000000000000000000000000000000000000000000000000000000000\")\n    config.jupyter()\n");
+        let c = compile(&g, &ctx()).unwrap();
+        let text = crate::buildkit::llb::describe(&c.definition);
+        for needle in [
+            "source docker-image://docker.io/nvidia/cuda:11.8.0-cudnn8-devel-ubuntu22.04",
+            "Miniforge3-Linux-x86_64.sh",
+            "/opt/conda/bin/mamba create -y -p /opt/conda/envs/envd python=3.10",
+            "/opt/conda/bin/mamba install -y -p /opt/conda/envs/envd -c conda-forge numpy",
+            "/opt/conda/envs/envd/bin/pip install --cache-dir /var/cache/envd-pip six jupyterlab",
+            "https://go.dev/dl/go1.22.5.linux-amd64.tar.gz",
+            "https://sh.rustup.rs",
+            "npm install -g @openai/codex",
+            "source https://example.com/a.bin",
+            "copy /a.bin -> /home/envd/extra_source/a.bin",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
         assert!(
-            e.contains("install.conda") && e.contains("install.cuda"),
-            "{e}"
+            text.contains(" nodejs npm ") || text.contains(" nodejs npm\""),
+            "{text}"
         );
+        let jupyter = service_files(&g, "/bin/bash")
+            .into_iter()
+            .find(|(n, _)| n == "jupyter")
+            .unwrap()
+            .1;
+        assert!(
+            jupyter.contains("/opt/conda/envs/envd/bin/jupyter lab"),
+            "{jupyter}"
+        );
+        let cfg: serde_json::Value = serde_json::from_slice(&c.config).unwrap();
+        let env = cfg["config"]["Env"].to_string();
+        assert!(
+            env.contains("PATH=/opt/conda/envs/envd/bin:/opt/conda/bin:"),
+            "{env}"
+        );
+        assert!(
+            env.contains("/opt/rust/cargo/bin:") && env.contains("/usr/local/go/bin:"),
+            "{env}"
+        );
+        assert!(env.contains("RUSTUP_HOME=/opt/rust"), "{env}");
+
+        let g = graph(
+            "def build():\n    base(dev=True)\n    install.r_lang()\n    config.rstudio_server()\n",
+        );
+        let e = compile(&g, &ctx()).unwrap_err().to_string();
+        assert!(e.contains("config.rstudio_server"), "{e}");
+    }
+
+    #[test]
+    fn context_files_come_from_the_context_image() {
+        let g = graph("def build():\n    base(dev=True)\n    install.python_packages(requirements=\"requirements.txt\")\n    io.copy(source=\"data\", target=\"/data\")\n    run(commands=[\"ls\"], mount_host=True)\n");
+        let c = compile(&g, &ctx()).unwrap();
+        let text = crate::buildkit::llb::describe(&c.definition);
+        for needle in [
+            "source docker-image://docker.io/envd-rs/context:test",
+            "pip install --cache-dir /var/cache/envd-pip -r /context/requirements.txt",
+            "binds[/context<-/context ro]",
+            "copy /context/data -> /data",
+            "binds[/home/envd/demo<-/context ro]",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
     }
 }
