@@ -7,6 +7,7 @@
 //!   [`graph::Graph`];
 //! - [`compile`] and [`buildkit`]: the graph as LLB, solved on BuildKit (Docker's embedded one or
 //!   a standalone `buildkitd`); [`build`] is `envd build`, with its no-rebuild check;
+//! - [`contexts`]: `envd context`, the named builders;
 //! - [`env`]: running environments (`envd up`, `ls`, `describe`, `logs`, `exec`, `down`) on the
 //!   Docker engine, their health through envd-init's API, and `ssh NAME.envd`;
 //! - [`runtime`] and [`docker`]: finding the static in-container binaries and loading them into
@@ -16,6 +17,7 @@ pub mod build;
 pub mod buildkit;
 pub mod compile;
 pub mod context;
+pub mod contexts;
 pub mod docker;
 pub mod env;
 pub mod graph;

@@ -21,12 +21,58 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct BuilderArgs {
-    /// BuildKit to use: moby-worker (Docker's embedded BuildKit), unix or tcp.
-    #[arg(long, default_value = "moby-worker")]
-    builder: String,
-    /// unix:///path/to/buildkitd.sock or tcp://host:port (for --builder unix|tcp).
+    /// BuildKit to use: moby-worker (Docker's embedded BuildKit), unix or tcp (default: the
+    /// current `envd context`).
     #[arg(long)]
+    builder: Option<String>,
+    /// unix:///path/to/buildkitd.sock or tcp://host:port (for --builder unix|tcp).
+    #[arg(long, requires = "builder")]
     builder_address: Option<String>,
+}
+
+impl BuilderArgs {
+    /// The builder asked for, else the current context's.
+    fn resolve(&self) -> anyhow::Result<Builder> {
+        match &self.builder {
+            Some(b) => Builder::parse(b, self.builder_address.as_deref()),
+            None => envd_builder::contexts::Contexts::load()?
+                .current()
+                .to_builder(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ContextCommand {
+    /// Add a named builder.
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// moby-worker, unix or tcp.
+        #[arg(long)]
+        builder: String,
+        /// unix:///path/to/buildkitd.sock or tcp://host:port.
+        #[arg(long)]
+        builder_address: Option<String>,
+        /// Make it the current context.
+        #[arg(long = "use")]
+        use_it: bool,
+    },
+    /// List contexts; `*` marks the current one.
+    Ls,
+    /// Make a context current.
+    Use {
+        /// The context.
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove a context.
+    Rm {
+        /// The context.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +169,11 @@ enum Command {
         #[arg(short, long)]
         path: Option<PathBuf>,
     },
+    /// Manage builder contexts (which BuildKit `envd build` and `envd up` use).
+    Context {
+        #[command(subcommand)]
+        what: ContextCommand,
+    },
     /// Developer diagnostics.
     Debug {
         #[command(subcommand)]
@@ -199,7 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tag: None,
                     force,
                     name: None,
-                    builder: Builder::parse(&builder.builder, builder.builder_address.as_deref())?,
+                    builder: builder.resolve()?,
                 },
                 volumes,
                 timeout,
@@ -242,6 +293,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .arg(env::ssh::host_alias(&name))
                 .exec();
             anyhow::bail!("cannot run ssh: {err}")
+        }
+        Command::Context { what } => {
+            use envd_builder::contexts::{Context, Contexts};
+            let mut all = Contexts::load()?;
+            match what {
+                ContextCommand::Create {
+                    name,
+                    builder,
+                    builder_address,
+                    use_it,
+                } => {
+                    all.create(
+                        Context {
+                            name: name.clone(),
+                            builder,
+                            builder_address: builder_address.unwrap_or_default(),
+                        },
+                        use_it,
+                    )?;
+                    all.save()?;
+                    println!(
+                        "context {name:?} created{}",
+                        if use_it { " and in use" } else { "" }
+                    );
+                }
+                ContextCommand::Ls => {
+                    println!("{:<2}{:<16} {:<12} ADDRESS", "", "NAME", "BUILDER");
+                    for c in &all.contexts {
+                        let mark = if c.name == all.current { "*" } else { "" };
+                        let address = if c.builder_address.is_empty() && c.builder == "moby-worker"
+                        {
+                            format!(
+                                "unix://{}",
+                                envd_builder::buildkit::connect::docker_socket()
+                            )
+                        } else {
+                            c.builder_address.clone()
+                        };
+                        println!("{mark:<2}{:<16} {:<12} {address}", c.name, c.builder);
+                    }
+                }
+                ContextCommand::Use { name } => {
+                    all.use_context(&name)?;
+                    all.save()?;
+                    println!("now using context {name:?}");
+                }
+                ContextCommand::Rm { name } => {
+                    all.remove(&name)?;
+                    all.save()?;
+                    println!("context {name:?} removed");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ls { format } => {
             let rows = tokio()?.block_on(env::commands::rows())?;
@@ -317,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tag,
                 force,
                 name: None,
-                builder: Builder::parse(&builder.builder, builder.builder_address.as_deref())?,
+                builder: builder.resolve()?,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

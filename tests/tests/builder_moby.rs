@@ -357,3 +357,70 @@ def build():
         text(&out)
     );
 }
+
+#[test]
+fn envd_context_chooses_the_builder() {
+    require_docker();
+    let config = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(runtime_dir().join("envd"))
+            .args(args)
+            .env("ENVD_RUNTIME_DIR", runtime_dir())
+            .env("ENVD_CONFIG_DIR", config.path())
+            .output()
+            .expect("run envd")
+    };
+    let relay = relay_to_docker_buildkit();
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let root = project("e2ectxsel", "def build():\n    base(image=\"debian:bookworm\")\n    run([\"echo ctx > /ctx-marker\"])\n");
+    let dir = root.path().join("e2ectxsel");
+    let path = dir.to_str().unwrap();
+    let build = || {
+        run(&[
+            "build",
+            "--path",
+            path,
+            "-t",
+            "envd-e2e/ctxsel:test",
+            "--force",
+        ])
+    };
+    for (name, port) in [("relay", relay), ("dead", dead)] {
+        let addr = format!("tcp://127.0.0.1:{port}");
+        let o = run(&[
+            "context",
+            "create",
+            "--name",
+            name,
+            "--builder",
+            "tcp",
+            "--builder-address",
+            &addr,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = run(&["context", "use", "--name", "dead"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("cannot reach buildkitd on tcp://127.0.0.1:{dead}")),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["context", "use", "--name", "relay"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["context", "ls"]);
+    assert!(text(&o).contains("* relay"), "{}", text(&o));
+    let o = run(&["context", "rm", "--name", "relay"]);
+    assert!(text(&o).contains("is the current context"), "{}", text(&o));
+    let o = run(&["context", "use", "--name", "default"]);
+    assert!(o.status.success());
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+}
