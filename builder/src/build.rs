@@ -209,6 +209,76 @@ pub async fn build(
     })
 }
 
+/// The progress display: live spinners on a terminal, plain lines otherwise (CI logs, pipes).
+/// `ENVD_PROGRESS=plain` forces plain lines.
+pub fn progress_display() -> Box<dyn FnMut(Progress) + Send> {
+    use std::io::IsTerminal;
+    let plain = std::env::var("ENVD_PROGRESS").as_deref() == Ok("plain");
+    if !plain && std::io::stdout().is_terminal() {
+        let mut tty = TtyProgress::default();
+        Box::new(move |p| tty.show(p))
+    } else {
+        Box::new(print_progress)
+    }
+}
+
+/// One spinner per running step; finished steps become lines above them.
+#[derive(Default)]
+struct TtyProgress {
+    bars: indicatif::MultiProgress,
+    running: std::collections::HashMap<String, (indicatif::ProgressBar, Instant)>,
+}
+
+impl TtyProgress {
+    fn show(&mut self, p: Progress) {
+        match p {
+            Progress::Started { name, cached: true } => {
+                let _ = self.bars.println(format!("[cached] {name}"));
+            }
+            Progress::Started {
+                name,
+                cached: false,
+            } => {
+                if self.running.contains_key(&name) {
+                    return;
+                }
+                let bar = self.bars.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} [{elapsed:>4}] {prefix} {wide_msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(name.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                self.running.insert(name, (bar, Instant::now()));
+            }
+            Progress::Completed { name, error } => {
+                let took = match self.running.remove(&name) {
+                    Some((bar, started)) => {
+                        bar.finish_and_clear();
+                        self.bars.remove(&bar);
+                        format!(" ({:.1}s)", started.elapsed().as_secs_f64())
+                    }
+                    None => String::new(),
+                };
+                let _ = self.bars.println(match error {
+                    None => format!("[done]   {name}{took}"),
+                    Some(e) => format!("[failed] {name}{took}: {e}"),
+                });
+            }
+            Progress::Log { name, text } => {
+                if let (Some((bar, _)), Some(line)) = (
+                    self.running.get(&name),
+                    text.lines().rev().find(|l| !l.trim().is_empty()),
+                ) {
+                    bar.set_message(line.trim().to_string());
+                }
+            }
+        }
+    }
+}
+
 /// Prints progress as plain lines (CI logs and terminals alike).
 pub fn print_progress(p: Progress) {
     match p {

@@ -256,15 +256,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout,
                 recreate: force,
             };
-            let up =
-                tokio()?.block_on(env::up::up(&opts, &name, build::print_progress, |s, at| {
+            let up = tokio()?.block_on(env::up::up(
+                &opts,
+                &name,
+                build::progress_display(),
+                |s, at| {
                     println!(
                         "[{:>5.1}s] {:<12} {}",
                         at.as_secs_f64(),
                         s.name,
                         env::health::describe(s)
                     )
-                }))?;
+                },
+            ))?;
             println!();
             println!(
                 "{name} is up ({}; every service healthy {:.2}s after the start{}).",
@@ -427,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let outcome = rt.block_on(build::build(&opts, build::print_progress))?;
+            let outcome = rt.block_on(build::build(&opts, build::progress_display()))?;
             if outcome.up_to_date {
                 println!(
                     "{} is up to date (program {}); nothing to build ({:.2}s). Use --force to rebuild.",
