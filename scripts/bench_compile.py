@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out")
     a = ap.parse_args()
+    a.ours, a.theirs = os.path.abspath(a.ours), os.path.abspath(a.theirs)
+    a.corpus = os.path.abspath(a.corpus)
 
     work = tempfile.mkdtemp(prefix="envd-bench-compile-")
     cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")

@@ -27,6 +27,8 @@ pub struct Options {
     pub force: bool,
     /// The environment's name (default: the directory's name).
     pub name: Option<String>,
+    /// Where the image goes (`--output`).
+    pub output: crate::output::Output,
     /// Where BuildKit is.
     pub builder: Builder,
 }
@@ -46,6 +48,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The evaluated program.
     pub graph: Graph,
+    /// What `--output` did besides the image store (an archive written, a push).
+    pub output_note: Option<String>,
 }
 
 /// The environment's name: the build context directory's name, lower-cased, with anything but
@@ -124,6 +128,15 @@ pub async fn build(
     let graph = lang::evaluate(&opts.path, &opts.from)?;
     let name = opts.name.clone().unwrap_or_else(|| env_name(&opts.path));
     let tag = opts.tag.clone().unwrap_or_else(|| format!("{name}:dev"));
+    let tag = opts.output.name(&tag).to_string();
+    let exporter = match (&opts.builder, &opts.output) {
+        (Builder::Moby(_), _) => solve::Exporter::Moby,
+        (_, crate::output::Output::Image { push, .. }) => solve::Exporter::Image { push: *push },
+        (_, other) => anyhow::bail!(
+            "--output {} needs Docker's BuildKit (the moby-worker builder): the archive is made through the engine",
+            if matches!(other, crate::output::Output::Docker { .. }) { "type=docker" } else { "type=oci" }
+        ),
+    };
     let ids = user_ids();
     let socket = PathBuf::from(connect::docker_socket());
 
@@ -159,7 +172,9 @@ pub async fn build(
     if !opts.force {
         if let Some(labels) = docker::image_labels(&socket, &tag).await? {
             if labels.get(LABEL_DIGEST).and_then(|v| v.as_str()) == Some(hash.as_str()) {
+                let output_note = crate::output::finish(&opts.output, &tag).await?;
                 return Ok(Outcome {
+                    output_note,
                     tag,
                     program_hash: hash,
                     up_to_date: true,
@@ -196,10 +211,17 @@ pub async fn build(
         compiled.definition,
         compiled.config,
         &tag,
+        exporter,
         &mut progress,
     )
     .await?;
+    let output_note = if exporter == solve::Exporter::Moby {
+        crate::output::finish(&opts.output, &tag).await?
+    } else {
+        None
+    };
     Ok(Outcome {
+        output_note,
         tag,
         program_hash: hash,
         up_to_date: false,

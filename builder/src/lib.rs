@@ -22,4 +22,5 @@ pub mod docker;
 pub mod env;
 pub mod graph;
 pub mod lang;
+pub mod output;
 pub mod runtime;

@@ -91,6 +91,10 @@ enum Command {
         /// Build even when the image already matches the program.
         #[arg(long)]
         force: bool,
+        /// Where the image goes: type=image[,name=N][,push=true] (default),
+        /// type=docker,dest=FILE[,name=N] or type=oci,dest=FILE[,name=N].
+        #[arg(short, long, default_value = "type=image")]
+        output: envd_builder::output::Output,
         #[command(flatten)]
         builder: BuilderArgs,
     },
@@ -250,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tag: None,
                     force,
                     name: None,
+                    output: Default::default(),
                     builder: builder.resolve()?,
                 },
                 volumes,
@@ -417,6 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tag,
             from,
             force,
+            output,
             builder,
         } => {
             let opts = Options {
@@ -425,6 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tag,
                 force,
                 name: None,
+                output,
                 builder: builder.resolve()?,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -446,6 +453,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     outcome.digest,
                     outcome.elapsed.as_secs_f64()
                 );
+            }
+            if let Some(note) = &outcome.output_note {
+                println!("{note}");
             }
             Ok(ExitCode::SUCCESS)
         }

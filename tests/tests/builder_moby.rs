@@ -424,3 +424,32 @@ fn envd_context_chooses_the_builder() {
     let o = build();
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn uv_and_nodejs_toolchains_build_and_run() {
+    require_docker();
+    let root = project(
+        "e2etools",
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.uv()\n    install.python_packages(name=[\"six\"])\n    install.nodejs()\n",
+    );
+    let dir = root.path().join("e2etools");
+    let tag = "envd-e2e/tools:test";
+    let out = envd(&["build", "--path", dir.to_str().unwrap(), "-t", tag]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("uv pip install six"), "{}", text(&out));
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/bash",
+        tag,
+        "-c",
+        "set -e; uv --version | cut -d' ' -f1; node -e 'console.log(1 + 1)'; python -c 'import six; print(six.__name__)'",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "uv\n2\nsix\n",
+        "{}",
+        text(&o)
+    );
+}

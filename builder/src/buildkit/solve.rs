@@ -42,6 +42,18 @@ pub enum Progress {
     },
 }
 
+/// Where BuildKit puts the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exporter {
+    /// Docker's image store (Docker's embedded BuildKit only).
+    Moby,
+    /// BuildKit's own image store (a standalone buildkitd), pushed to the registry when asked.
+    Image {
+        /// Push to the registry the name points at.
+        push: bool,
+    },
+}
+
 /// What a failed build says: BuildKit's error and the failing step's last output lines.
 #[derive(Debug)]
 pub struct BuildFailure {
@@ -77,6 +89,7 @@ pub async fn build_image(
     definition: pb::Definition,
     config: Vec<u8>,
     tag: &str,
+    exporter: Exporter,
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<String> {
     let build_id = random_ref();
@@ -84,10 +97,19 @@ pub async fn build_image(
         .max_decoding_message_size(64 * 1024 * 1024);
     let mut exporter_attrs = BTreeMap::new();
     exporter_attrs.insert("name".to_string(), tag.to_string());
+    let exporter = match exporter {
+        Exporter::Moby => "moby",
+        Exporter::Image { push } => {
+            if push {
+                exporter_attrs.insert("push".to_string(), "true".to_string());
+            }
+            "image"
+        }
+    };
     let solve_req = control::SolveRequest {
         r#ref: build_id.clone(),
         definition: None,
-        exporter: "moby".into(),
+        exporter: exporter.into(),
         exporter_attrs,
         session: String::new(),
         frontend: String::new(),

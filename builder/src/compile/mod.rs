@@ -313,8 +313,22 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         s = llb.run(&s, sh(&script), vec![], "", &[], "create the envd user");
     }
 
-    if let (true, Some(ca)) = (has_python, &ctx.host_ca) {
+    // Build steps trust what the host trusts (see `Context::host_ca`): pip through pip.conf,
+    // uv, curl, conda and npm through these variables.
+    let mut ca_env: Vec<String> = Vec::new();
+    if let Some(ca) = &ctx.host_ca {
         s = llb.mkfile(&s, HOST_CA, ca, 0o644, None);
+        ca_env = [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "REQUESTS_CA_BUNDLE",
+        ]
+        .iter()
+        .map(|k| format!("{k}={HOST_CA}"))
+        .collect();
+    }
+    if let (true, Some(_)) = (has_python, &ctx.host_ca) {
         s = llb.mkfile(
             &s,
             "/etc/pip.conf",
@@ -336,6 +350,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
 
     let run_step = |llb: &mut Llb, s: &State, st: toolchains::Step, binds: &[Bind]| {
         let mut env = vec![path_env.clone()];
+        env.extend(ca_env.iter().cloned());
         if st.as_user {
             env.push(format!("HOME={HOME}"));
         }
@@ -430,6 +445,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             ctx.gid
         );
         let mut env_all = vec![path_env.clone()];
+        env_all.extend(ca_env.iter().cloned());
         env_all.extend(env);
         let mut what: Vec<String> = pkgs.clone();
         what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));

@@ -82,6 +82,44 @@ pub async fn last_lines(
     Ok(out)
 }
 
+/// Waits until one service serves, on `grpc.health.v1.Health/Watch(service)`.
+pub async fn wait_serving(
+    env: &Environment,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use envd_supervisor::proto::health::health_check_response::ServingStatus;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let mut c = connect(env).await?;
+            let mut stream = c
+                .health
+                .watch(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await?
+                .into_inner();
+            while let Some(msg) = stream.next().await {
+                if msg?.status == ServingStatus::Serving as i32 {
+                    return anyhow::Ok(true);
+                }
+            }
+            anyhow::Ok(false)
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(true)) => return Ok(()),
+            Err(_) => bail!("{service} was not ready within {timeout:?}"),
+            // Not listening yet, or the stream ended: try again shortly.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+        if Instant::now() >= deadline {
+            bail!("{service} was not ready within {timeout:?}");
+        }
+    }
+}
+
 /// Why the wait ended without every service ready.
 #[derive(Debug)]
 pub struct NotReady {

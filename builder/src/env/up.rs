@@ -42,7 +42,7 @@ pub struct Up {
     pub build: build::Outcome,
     /// Whether a running container was kept (same image, no `--force`).
     pub reused: bool,
-    /// From the container's start to sshd being ready.
+    /// From the container's start to sshd being ready and its entry written.
     pub ssh_ready: Option<Duration>,
     /// From the container's start to every service being ready.
     pub all_ready: Duration,
@@ -294,33 +294,39 @@ pub async fn up(
         }
     }
     let env = super::find(&docker, name).await?;
-    let before_wait = started.elapsed();
-    let ready = health::wait_ready(&env, opts.timeout, &mut show).await?;
-    let Ready {
-        services,
-        ready_after,
-    } = match ready {
+    // The SSH entry is written as soon as sshd is ready, not when the slowest service is:
+    // `ssh NAME.envd` works while Jupyter still starts.
+    let ssh_entry = async {
+        health::wait_serving(&env, "sshd", opts.timeout).await?;
+        let ready_at = started.elapsed();
+        let host_key = exec_output(
+            &docker,
+            &env.id,
+            &["cat", "/var/envd/ssh_host_ed25519_key.pub"],
+        )
+        .await
+        .context("cannot read the environment's SSH host key")?;
+        let port = env
+            .port("ssh")
+            .context("the container publishes no SSH port")?;
+        ssh::add_environment(name, port, &host_key)?;
+        anyhow::Ok(ready_at)
+    };
+    let (ready, ssh_ready) =
+        tokio::join!(health::wait_ready(&env, opts.timeout, &mut show), ssh_entry);
+    let ready = ready?;
+    let Ready { services, .. } = match ready {
         Ok(r) => r,
         Err(NotReady { report }) => bail!(
             "{name} is not ready. {report}The container is left running for inspection: envd logs --name {name}; envd down --name {name}"
         ),
     };
-    let host_key = exec_output(
-        &docker,
-        &env.id,
-        &["cat", "/var/envd/ssh_host_ed25519_key.pub"],
-    )
-    .await
-    .context("cannot read the environment's SSH host key")?;
-    let port = env
-        .port("ssh")
-        .context("the container publishes no SSH port")?;
-    ssh::add_environment(name, port, &host_key)?;
+    let ssh_ready = ssh_ready?;
     Ok(Up {
         env,
         build: outcome,
         reused,
-        ssh_ready: ready_after.get("sshd").map(|d| before_wait + *d),
+        ssh_ready: Some(ssh_ready),
         all_ready: started.elapsed(),
         services,
     })
