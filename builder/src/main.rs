@@ -206,10 +206,22 @@ enum Debug {
         /// FILE:FUNCTION to compile.
         #[arg(short, long, default_value = "build.envd:build")]
         from: Entry,
+        /// Print a Graphviz graph of the ops instead of the listing.
+        #[arg(long)]
+        dot: bool,
     },
 }
 
 fn main() -> ExitCode {
+    // `envd ... | head` ends quietly, as other command-line tools do, instead of a panic on a
+    // closed stdout.
+    // SAFETY: called before any thread exists; SIG_DFL is always a valid disposition.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -467,7 +479,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug {
-            what: Debug::Llb { path, from },
+            what: Debug::Llb { path, from, dot },
         } => {
             let graph = envd_builder::lang::evaluate(&path, &from)?;
             let context = envd_builder::context::collect(&path, &graph)?;
@@ -491,6 +503,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     workdir_name: build::workdir_name(&path),
                 },
             )?;
+            if dot {
+                print!(
+                    "{}",
+                    envd_builder::buildkit::llb::describe_dot(&compiled.definition)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             print!(
                 "{}",
                 envd_builder::buildkit::llb::describe(&compiled.definition)

@@ -292,6 +292,16 @@ fn debug_llb_prints_ops_and_config_without_building() {
         t.contains("pip install") && t.contains("\"Entrypoint\""),
         "{t}"
     );
+    let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap(), "--dot"]);
+    let dot = text(&out);
+    assert!(
+        out.status.success() && dot.starts_with("digraph llb {"),
+        "{dot}"
+    );
+    assert!(
+        dot.contains(" -> ") && dot.trim_end().ends_with('}'),
+        "{dot}"
+    );
 }
 
 #[test]

@@ -330,6 +330,34 @@ impl Llb {
 /// A readable listing of a definition: one line per op with its digest, for `envd debug llb`.
 pub fn describe(def: &pb::Definition) -> String {
     let mut out = String::new();
+    for (short, inputs, what) in summarize(def) {
+        out.push_str(&format!("{short} <- [{}] {what}\n", inputs.join(", ")));
+    }
+    out
+}
+
+/// The definition as a Graphviz graph (`envd debug llb --dot`): one node per op, edges from
+/// each input to the op that uses it.
+pub fn describe_dot(def: &pb::Definition) -> String {
+    let mut out =
+        String::from("digraph llb {\n  rankdir=TB;\n  node [shape=box, fontname=monospace];\n");
+    for (short, inputs, what) in summarize(def) {
+        let label: String = what.chars().take(120).collect();
+        out.push_str(&format!(
+            "  \"{short}\" [label={:?}];\n",
+            format!("{short}\n{label}")
+        ));
+        for i in inputs {
+            out.push_str(&format!("  \"{i}\" -> \"{short}\";\n"));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Each op as (short digest, its inputs' short digests, what it does).
+fn summarize(def: &pb::Definition) -> Vec<(String, Vec<String>, String)> {
+    let mut out = Vec::new();
     for bytes in &def.def {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
         let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
@@ -407,7 +435,7 @@ pub fn describe(def: &pb::Definition) -> String {
             }
             None => "result".to_string(),
         };
-        out.push_str(&format!("{short} <- [{}] {what}\n", inputs.join(", ")));
+        out.push((short.to_string(), inputs, what));
     }
     out
 }

@@ -607,6 +607,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         script.push_str(&step.commands.join("\n"));
         let user = if g.dev { "envd" } else { "" };
         let mut env = vec![path_env.clone()];
+        env.extend(ca_env.iter().cloned());
         if g.dev {
             env.push(format!("HOME={HOME}"));
         }
