@@ -213,15 +213,23 @@ enum Debug {
 }
 
 fn main() -> ExitCode {
-    // `envd ... | head` ends quietly, as other command-line tools do, instead of a panic on a
-    // closed stdout.
-    // SAFETY: called before any thread exists; SIG_DFL is always a valid disposition.
-    let _ = unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        )
-    };
+    // `envd ... | head` ends quietly, as other command-line tools do. SIGPIPE stays ignored (a
+    // peer closing a socket must be an error, not death: Docker's port proxy does that while a
+    // container starts), so a closed stdout shows up as println!'s panic, turned here into the
+    // exit status a shell expects.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

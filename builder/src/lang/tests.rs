@@ -48,6 +48,64 @@ fn every_corpus_file_evaluates() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Files that name build-context files the corpus does not ship.
+const NEEDS_CONTEXT_FILES: [&str; 5] = [
+    "e2e__language__testdata__python__conda.envd",
+    "e2e__language__testdata__python__conda_channel.envd",
+    "e2e__language__testdata__python__hybrid.envd",
+    "e2e__language__testdata__python__requirements.envd",
+    "examples__resnet-serving-v1.envd",
+];
+
+#[test]
+fn every_corpus_file_compiles_unless_it_needs_what_is_missing() {
+    let mut failures = Vec::new();
+    let mut compiled = 0;
+    for entry in std::fs::read_dir(corpus_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if NEEDS_GITHUB.contains(&name.as_str()) {
+            continue;
+        }
+        let work = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, work.path().join("build.envd")).unwrap();
+        let graph = evaluate_with_cache(work.path(), &Entry::default(), &work.path().join("cache"))
+            .unwrap();
+        let context = crate::context::collect(work.path(), &graph);
+        let result = context.and_then(|c| {
+            crate::compile::compile(
+                &graph,
+                &crate::compile::Context {
+                    env_name: "corpus".into(),
+                    uid: 1000,
+                    gid: 1000,
+                    runtime_image: Some("envd-rs/runtime:test".into()),
+                    program_hash: "test".into(),
+                    host_ca: None,
+                    authorized_key: None,
+                    context_image: (!c.is_empty()).then(|| c.image()),
+                    workdir_name: "corpus".into(),
+                },
+            )
+        });
+        match (result, name.as_str()) {
+            (Ok(_), n) if !NEEDS_CONTEXT_FILES.contains(&n) && n != "examples__r-basic.envd" => {
+                compiled += 1
+            }
+            (Err(e), n) if NEEDS_CONTEXT_FILES.contains(&n) => {
+                let e = format!("{e:#}");
+                assert!(e.contains("missing from the build context"), "{n}: {e}");
+            }
+            (Err(e), "examples__r-basic.envd") => {
+                assert!(e.to_string().contains("config.rstudio_server"), "{e}")
+            }
+            (r, n) => failures.push(format!("{n}: {:?}", r.map(|_| "compiled"))),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(compiled, 41);
+}
+
 #[test]
 fn records_the_program() {
     let g = eval_text(
