@@ -78,7 +78,8 @@ def build():
     base(image="debian:bookworm", dev=True)
     install.python()
     install.python_packages(name=["numpy"])
-    config.jupyter()
+    # A free host port: the test must not collide with an environment the machine runs.
+    config.jupyter(port=0)
     runtime.daemon(commands=[["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"]])
     runtime.expose(envd_port=8000, service="files")
 "#;
