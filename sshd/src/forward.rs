@@ -25,14 +25,13 @@ where
     let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
     let upstream = async move {
         while let Some(msg) = rx.wait().await {
-            match msg {
-                russh::ChannelMsg::Data { data } => {
-                    if sock_wr.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
-                _ => {}
+            let go_on = match msg {
+                russh::ChannelMsg::Data { data } => sock_wr.write_all(&data).await.is_ok(),
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => false,
+                _ => true,
+            };
+            if !go_on {
+                break;
             }
         }
         let _ = sock_wr.shutdown().await;

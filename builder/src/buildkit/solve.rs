@@ -209,7 +209,6 @@ pub async fn build_image(
         .await
         .context("BuildKit refused the result")?;
     // The gateway solve is lazy: the steps run now, while exporting, so keep reporting.
-    let solve = async { solve.await };
     tokio::pin!(solve);
     let solved = loop {
         tokio::select! {

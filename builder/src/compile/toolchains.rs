@@ -241,11 +241,10 @@ pub fn other_steps(g: &Graph, home: &str) -> Vec<Step> {
                 ));
             }
             Language::Julia => {
-                let minor: String = JULIA_VERSION
-                    .rsplitn(2, '.')
-                    .nth(1)
-                    .unwrap_or("1.10")
-                    .into();
+                let minor = JULIA_VERSION
+                    .rsplit_once('.')
+                    .map(|(minor, _)| minor)
+                    .unwrap_or("1.10");
                 steps.push(step(
                     format!("install Julia {JULIA_VERSION}"),
                     format!(
