@@ -115,21 +115,33 @@ pub async fn ensure_runtime_image(
         tar_entry(&mut tar, bin, &data, 0o755);
     }
     tar.extend_from_slice(&[0u8; 1024]);
+    import_tar(socket, repo, tag, &tar, "the runtime image").await?;
+    Ok(name)
+}
+
+/// `docker import` of a tar as `repo:tag` (one layer, no config).
+async fn import_tar(
+    socket: &Path,
+    repo: &str,
+    tag: &str,
+    tar: &[u8],
+    what: &str,
+) -> anyhow::Result<()> {
     let (status, body) = request(
         socket,
         "POST",
         &format!("/images/create?fromSrc=-&repo={repo}&tag={tag}"),
-        &tar,
+        tar,
         "application/x-tar",
     )
     .await?;
     if status != 200 || String::from_utf8_lossy(&body).contains("\"error\"") {
         bail!(
-            "importing the runtime image failed ({status}): {}",
+            "importing {what} failed ({status}): {}",
             String::from_utf8_lossy(&body)
         );
     }
-    Ok(name)
+    Ok(())
 }
 
 /// Appends one regular file to a ustar archive.
@@ -197,20 +209,7 @@ pub async fn ensure_context_image(
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let (repo, tag) = name.split_once(':').unwrap_or((&name, "latest"));
-    let (status, body) = request(
-        socket,
-        "POST",
-        &format!("/images/create?fromSrc=-&repo={repo}&tag={tag}"),
-        &tar,
-        "application/x-tar",
-    )
-    .await?;
-    if status != 200 || String::from_utf8_lossy(&body).contains("\"error\"") {
-        bail!(
-            "importing the build context as an image failed ({status}): {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
+    import_tar(socket, repo, tag, &tar, "the build context as an image").await?;
     Ok(name)
 }
 

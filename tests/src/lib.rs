@@ -5,7 +5,7 @@
 //! that needs something missing fails loudly; nothing is skipped silently.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod init;
@@ -68,4 +68,22 @@ pub fn require_docker() {
         ok,
         "no Docker engine answers; scripts/test starts dockerd (this test needs it)"
     );
+}
+
+/// Runs our `envd` (from the runtime directory, which it also uses for the in-image runtime).
+pub fn envd(args: &[&str]) -> Output {
+    Command::new(runtime_dir().join("envd"))
+        .args(args)
+        .env("ENVD_RUNTIME_DIR", runtime_dir())
+        .output()
+        .expect("run envd")
+}
+
+/// A command's stdout and stderr together, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

@@ -7,22 +7,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use envd_e2e::{require_docker, runtime_dir};
-
-fn envd(args: &[&str]) -> Output {
-    Command::new(runtime_dir().join("envd"))
-        .args(args)
-        .env("ENVD_RUNTIME_DIR", runtime_dir())
-        .output()
-        .expect("run envd")
-}
+use envd_e2e::{envd, output_text, require_docker};
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 fn project(name: &str) -> (tempfile::TempDir, String) {

@@ -7,22 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use envd_e2e::{require_docker, runtime_dir, workspace_root};
-
-fn envd(args: &[&str]) -> Output {
-    Command::new(runtime_dir().join("envd"))
-        .args(args)
-        .env("ENVD_RUNTIME_DIR", runtime_dir())
-        .output()
-        .expect("run envd")
-}
+use envd_e2e::{envd, output_text, require_docker, workspace_root};
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 fn run(cmd: &mut Command) -> Output {
