@@ -206,15 +206,35 @@ pub async fn build(
         },
     )?;
     let channel = connect::connect(&opts.builder).await?;
-    let digest = solve::build_image(
-        channel,
-        compiled.definition,
-        compiled.config,
+    let mut exporter = exporter;
+    let digest = match solve::build_image(
+        channel.clone(),
+        compiled.definition.clone(),
+        compiled.config.clone(),
         &tag,
         exporter,
         &mut progress,
     )
-    .await?;
+    .await
+    {
+        // A unix/tcp address can lead to Docker's BuildKit, which has only its own exporter.
+        Err(e)
+            if exporter != solve::Exporter::Moby
+                && format!("{e:#}").contains("exporter \"image\" could not be found") =>
+        {
+            exporter = solve::Exporter::Moby;
+            solve::build_image(
+                channel,
+                compiled.definition,
+                compiled.config,
+                &tag,
+                exporter,
+                &mut progress,
+            )
+            .await?
+        }
+        r => r?,
+    };
     let output_note = if exporter == solve::Exporter::Moby {
         crate::output::finish(&opts.output, &tag).await?
     } else {

@@ -263,3 +263,29 @@ fn a_port_in_use_is_named() {
     let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eport$", "-q"]));
     assert!(o.stdout.is_empty(), "a failed up leaves no container");
 }
+
+#[test]
+fn a_failing_service_is_reported_with_its_log() {
+    require_docker();
+    let (_root, dir) = project(
+        "e2efailing",
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    runtime.init([\"echo init-is-broken >&2; exit 3\"])\n",
+    );
+    let _down = Down("e2efailing");
+    let out = envd(&[
+        "up",
+        "--path",
+        dir.to_str().unwrap(),
+        "--detach",
+        "--timeout",
+        "60s",
+    ]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("init_0: failed"), "{log}");
+    assert!(
+        log.contains("init-is-broken"),
+        "the service's log is not shown:\n{log}"
+    );
+    assert!(log.contains("envd logs --name e2efailing"), "{log}");
+}

@@ -142,26 +142,53 @@ pub async fn build_image(
     let mut bridge = gateway::llb_bridge_client::LlbBridgeClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024);
     let id: MetadataValue<_> = build_id.parse()?;
-    let mut req = tonic::Request::new(gateway::SolveRequest {
-        definition: Some(definition),
-        frontend: String::new(),
-        frontend_opt: BTreeMap::new(),
-        allow_result_return: true,
-        allow_result_array_ref: true,
-        r#final: false,
-    });
-    req.metadata_mut()
-        .insert("buildkit-controlapi-buildid", id.clone());
 
     let mut tracker = Tracker::default();
-    let solved = {
+    // Control.Solve registers the build asynchronously; a gateway call that arrives first (more
+    // likely through a relay or on a loaded machine) gets "no such job": ask again shortly.
+    let registered_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let solved = loop {
+        let mut req = tonic::Request::new(gateway::SolveRequest {
+            definition: Some(definition.clone()),
+            frontend: String::new(),
+            frontend_opt: BTreeMap::new(),
+            allow_result_return: true,
+            allow_result_array_ref: true,
+            r#final: false,
+        });
+        req.metadata_mut()
+            .insert("buildkit-controlapi-buildid", id.clone());
         let call = bridge.solve(req);
         tokio::pin!(call);
-        loop {
+        let r = loop {
             tokio::select! {
                 r = &mut call => break r,
                 Some(msg) = rx.recv() => tracker.handle(msg, &mut progress),
             }
+        };
+        match r {
+            Err(s) if s.message().contains("no such job") => {
+                // A build that never registers failed at once: say why (e.g. an unknown
+                // exporter) rather than "no such job".
+                if solve.is_finished() {
+                    status_task.abort();
+                    return match solve.await {
+                        Ok(Err(status)) => Err(anyhow::anyhow!(
+                            "BuildKit refused the build: {}",
+                            status.message()
+                        )),
+                        Ok(Ok(_)) => Err(anyhow::anyhow!(
+                            "BuildKit ended the build before it started"
+                        )),
+                        Err(e) => Err(anyhow::anyhow!("the build task failed: {e}")),
+                    };
+                }
+                if std::time::Instant::now() >= registered_by {
+                    break Err(s);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other,
         }
     };
     while let Ok(msg) = rx.try_recv() {
