@@ -289,3 +289,19 @@ fn a_failing_service_is_reported_with_its_log() {
     );
     assert!(log.contains("envd logs --name e2efailing"), "{log}");
 }
+
+#[test]
+fn a_missing_docker_engine_is_named() {
+    let o = Command::new(envd_e2e::runtime_dir().join("envd"))
+        .args(["ls"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("cannot reach the Docker engine at /nonexistent/docker.sock")
+            && t.contains("Is dockerd running"),
+        "{t}"
+    );
+}
