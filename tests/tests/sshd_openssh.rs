@@ -426,13 +426,21 @@ fn wait_port(port: u16) {
     }
 }
 
+/// Sends `msg` and reads the echo server's reply (its prefix, then `msg`), which may come in
+/// more than one segment: reading stops once the reply ends with `msg` or the peer closes.
 fn roundtrip(port: u16, msg: &str) -> String {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(msg.as_bytes()).unwrap();
+    let mut reply = Vec::new();
     let mut buf = [0u8; 256];
-    let n = c.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    while !reply.ends_with(msg.as_bytes()) {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 struct Bg(std::process::Child);
