@@ -55,12 +55,7 @@ pub struct Outcome {
 /// The environment's name: the build context directory's name, lower-cased, with anything but
 /// `[a-z0-9_.-]` replaced (it becomes an image and container name).
 pub fn env_name(path: &Path) -> String {
-    let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let raw = abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "envd".into());
-    let name: String = raw
+    let name: String = workdir_name(path)
         .to_lowercase()
         .chars()
         .map(|c| {

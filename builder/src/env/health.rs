@@ -131,8 +131,6 @@ pub struct NotReady {
 pub struct Ready {
     /// The services once all were ready.
     pub services: Vec<ServiceStatus>,
-    /// When each service first became ready, measured from the start of the wait.
-    pub ready_after: HashMap<String, Duration>,
 }
 
 /// Waits until every service is ready, calling `show` whenever a service changes. Fails early
@@ -173,7 +171,6 @@ pub async fn wait_ready(
         .context("envd-init's API refused Watch")?
         .into_inner();
     let mut last: HashMap<String, String> = HashMap::new();
-    let mut ready_after: HashMap<String, Duration> = HashMap::new();
     loop {
         let services = clients
             .supervisor
@@ -188,17 +185,9 @@ pub async fn wait_ready(
                 show(s, started.elapsed());
                 last.insert(s.name.clone(), word);
             }
-            if ready(s) {
-                ready_after
-                    .entry(s.name.clone())
-                    .or_insert_with(|| started.elapsed());
-            }
         }
         if !services.is_empty() && services.iter().all(ready) {
-            return Ok(Ok(Ready {
-                services,
-                ready_after,
-            }));
+            return Ok(Ok(Ready { services }));
         }
         let failed: Vec<&ServiceStatus> = services
             .iter()

@@ -113,11 +113,8 @@ fn container_body(
     graph: &Graph,
     volumes: &[String],
 ) -> anyhow::Result<ContainerCreateBody> {
-    let dir = context
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| name.to_string());
-    let workdir = format!("{HOME}/{dir}");
+    // The same directory name the compiler gives `run(mount_host=True)` steps.
+    let workdir = format!("{HOME}/{}", build::workdir_name(context));
     let mut env = vec![
         format!("{ENV_API_TOKEN}={}", random_token()?),
         format!("ENVD_WORKDIR={workdir}"),
