@@ -1,7 +1,7 @@
 //! `envd up` end to end on a real Docker engine: OpenSSH's `ssh NAME.envd` through the entry we
 //! write (host key pinned, checking on), agent forwarding with a real ssh-agent, Jupyter with a
 //! token rendered by headless Chromium, envd-init restarting a killed Jupyter, `envd ls`, and
-//! `envd down` leaving nothing behind.
+//! `envd down` leaving nothing behind, and the interactive shell `envd up` opens in a terminal.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -77,6 +77,54 @@ fn ssh_config_text() -> String {
     std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
 }
 
+/// Runs `argv` in a real terminal (python's pty module plays it): waits until `wait_for` appears
+/// on the screen, types `input`, and returns the screen (escape sequences removed) and the exit
+/// code once the program ends (or after `timeout_s`, when the code is `None`).
+fn in_terminal(
+    argv: &[&str],
+    wait_for: &str,
+    input: &str,
+    timeout_s: u64,
+) -> (String, Option<i32>) {
+    let script = r#"
+import os, pty, sys, time, json, re
+argv, wait_for, typed, timeout = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(argv[0], argv)
+out, sent, deadline = b"", False, time.time() + timeout
+def clean(b):
+    return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if not sent and wait_for.encode() in clean(out):
+        os.write(fd, typed.encode())
+        sent = True
+code = None
+for _ in range(100):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        code = os.waitstatus_to_exitcode(status)
+        break
+    time.sleep(0.1)
+print(json.dumps([clean(out).decode(errors="replace"), code]))
+"#;
+    let arg = serde_json::json!([argv, wait_for, input, timeout_s]).to_string();
+    let o = run(Command::new("python3").args(["-c", script, &arg]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("terminal driver failed ({e}): {}", text(&o)));
+    (
+        v[0].as_str().unwrap_or_default().to_string(),
+        v[1].as_i64().map(|c| c as i32),
+    )
+}
+
 #[test]
 fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     require_docker();
@@ -121,6 +169,36 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "numpy\n/home/envd/e2eup-project"
     );
     assert!(ssh_config_text().contains("StrictHostKeyChecking yes"));
+
+    // Without --detach, in a terminal, `envd up` keeps the running container and opens the
+    // shell: the prompt names the environment, typed commands run inside, exit ends envd up.
+    let envd_bin = envd_e2e::runtime_dir().join("envd");
+    let (screen, code) = in_terminal(
+        &[
+            envd_bin.to_str().unwrap(),
+            "up",
+            "--path",
+            dir.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+        "[envd:e2eup]",
+        "echo inside-$((6*7)) $PWD; exit 3\n",
+        180,
+    );
+    assert!(
+        screen.contains("kept the running container"),
+        "envd up recreated the container:\n{screen}"
+    );
+    assert!(
+        screen.contains("inside-42 /home/envd/e2eup-project"),
+        "the shell did not run the typed command:\n{screen}"
+    );
+    assert_eq!(
+        code,
+        Some(3),
+        "the shell's exit code is not envd up's:\n{screen}"
+    );
 
     // Agent forwarding: a key held by a real ssh-agent on this side is listed inside.
     let agent_dir = tempfile::tempdir().unwrap();
