@@ -151,7 +151,7 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         tail: u32,
     },
-    /// Run a command in the environment's working directory.
+    /// Run a command in the environment's working directory (no command: the user's login shell).
     Exec {
         /// The environment.
         #[arg(short, long)]
@@ -159,6 +159,12 @@ enum Command {
         /// Run this runtime.command from build.envd instead.
         #[arg(long, conflicts_with = "cmd")]
         command: Option<String>,
+        /// Give the command a terminal (the default when stdin and stdout are terminals).
+        #[arg(short = 't', long, conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never give the command a terminal.
+        #[arg(short = 'T', long)]
+        no_tty: bool,
         /// The command and its arguments.
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -398,7 +404,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio()?.block_on(env::commands::logs(&name, service.as_deref(), follow, tail))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { name, command, cmd } => {
+        Command::Exec {
+            name,
+            command,
+            tty,
+            no_tty,
+            cmd,
+        } => {
+            let tty = tty
+                || (!no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
             let rt = tokio()?;
             let code = rt.block_on(async {
                 let docker = env::docker().await?;
@@ -418,12 +432,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         };
                         vec!["/bin/bash".into(), "-lc".into(), script.clone()]
                     }
-                    None if cmd.is_empty() => {
-                        anyhow::bail!("give a command after --, or --command NAME")
-                    }
+                    // The login shell of the container's user, as `ssh NAME.envd` would give.
+                    None if cmd.is_empty() => vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        r#"s=$(getent passwd "$(id -u)" | cut -d: -f7); exec "${s:-/bin/sh}" -l"#
+                            .into(),
+                    ],
                     None => cmd,
                 };
-                env::commands::exec(&e, argv).await
+                env::commands::exec(&e, argv, tty).await
             })?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -77,7 +77,7 @@ fn ssh_config_text() -> String {
     std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
 }
 
-/// Runs `argv` in a real terminal (python's pty module plays it): waits until `wait_for` appears
+/// Runs `argv` in a real terminal of 30x100 (python's pty module plays it): waits until `wait_for` appears
 /// on the screen, types `input`, and returns the screen (escape sequences removed) and the exit
 /// code once the program ends (or after `timeout_s`, when the code is `None`).
 fn in_terminal(
@@ -87,11 +87,12 @@ fn in_terminal(
     timeout_s: u64,
 ) -> (String, Option<i32>) {
     let script = r#"
-import os, pty, sys, time, json, re
+import os, pty, sys, time, json, re, fcntl, termios, struct
 argv, wait_for, typed, timeout = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
     os.execvp(argv[0], argv)
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
 out, sent, deadline = b"", False, time.time() + timeout
 def clean(b):
     return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
@@ -199,6 +200,36 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         Some(3),
         "the shell's exit code is not envd up's:\n{screen}"
     );
+
+    // envd exec without a command opens the login shell on a terminal of our size; -T gives no
+    // terminal, and either way envd exits with the command, without waiting for a key press.
+    let (screen, code) = in_terminal(
+        &[envd_bin.to_str().unwrap(), "exec", "--name", name],
+        "[envd:e2eup]",
+        "stty size; tty; exit 5\n",
+        60,
+    );
+    assert!(
+        screen.contains("30 100\n/dev/pts/"),
+        "exec's terminal:\n{screen}"
+    );
+    assert_eq!(code, Some(5), "{screen}");
+    let (screen, code) = in_terminal(
+        &[
+            envd_bin.to_str().unwrap(),
+            "exec",
+            "-T",
+            "--name",
+            name,
+            "--",
+            "tty",
+        ],
+        "never typed",
+        "",
+        30,
+    );
+    assert!(screen.contains("not a tty"), "{screen}");
+    assert_eq!(code, Some(1), "{screen}");
 
     // Agent forwarding: a key held by a real ssh-agent on this side is listed inside.
     let agent_dir = tempfile::tempdir().unwrap();

@@ -91,8 +91,10 @@ pub async fn exec_capture(
 }
 
 /// `envd exec`: runs a command in the environment's working directory with this process's stdin,
-/// stdout and stderr, and returns its exit code.
-pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
+/// stdout and stderr, and returns its exit code. With `tty`, the command gets a terminal of its
+/// own (like `docker exec -it`): this terminal is put in raw mode for the duration, its size is
+/// passed on and follows resizes, and `TERM` goes with it.
+pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Result<i64> {
     if !env.running() {
         bail!(
             "{} is not running (status: {}); start it with envd up",
@@ -101,6 +103,10 @@ pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
         );
     }
     let docker = super::docker().await?;
+    let term = format!(
+        "TERM={}",
+        std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
+    );
     let exec = docker
         .create_exec(
             &env.id,
@@ -108,6 +114,8 @@ pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
+                tty: Some(tty),
+                env: tty.then(|| vec![term]),
                 cmd: Some(cmd),
                 working_dir: Some(env.workdir.clone()),
                 ..Default::default()
@@ -115,39 +123,132 @@ pub async fn exec(env: &Environment, cmd: Vec<String>) -> anyhow::Result<i64> {
         )
         .await
         .context("cannot create the exec")?;
-    match docker
-        .start_exec(&exec.id, Some(StartExecOptions::default()))
-        .await?
+    let started = docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                tty,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    // Raw mode from here until the guard drops (also on errors), so keys such as ^C reach the
+    // command instead of killing envd.
+    let _raw = if tty { RawTerminal::enter() } else { None };
+    if let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
     {
-        StartExecResults::Attached {
-            mut output,
-            mut input,
-        } => {
-            // stdin is copied in a task of its own; its end closes the command's stdin.
-            let feed = tokio::spawn(async move {
-                let mut stdin = tokio::io::stdin();
-                let _ = tokio::io::copy(&mut stdin, &mut input).await;
-                let _ = input.shutdown().await;
-            });
-            while let Some(chunk) = output.next().await {
-                match chunk? {
-                    bollard::container::LogOutput::StdErr { message } => {
-                        let mut e = std::io::stderr().lock();
-                        e.write_all(&message)?;
-                        e.flush()?;
-                    }
-                    other => {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(&other.into_bytes())?;
-                        o.flush()?;
+        if tty {
+            tokio::spawn(follow_terminal_size(docker.clone(), exec.id.clone()));
+        }
+        // stdin is read by a plain thread: tokio's stdin cannot be cancelled and would keep the
+        // process alive after the command ended, until the next key press.
+        let mut stdin = stdin_chunks();
+        let feed = tokio::spawn(async move {
+            while let Some(chunk) = stdin.recv().await {
+                if input.write_all(&chunk).await.is_err() || input.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = input.shutdown().await;
+        });
+        while let Some(chunk) = output.next().await {
+            match chunk? {
+                bollard::container::LogOutput::StdErr { message } => {
+                    let mut e = std::io::stderr().lock();
+                    e.write_all(&message)?;
+                    e.flush()?;
+                }
+                other => {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&other.into_bytes())?;
+                    o.flush()?;
+                }
+            }
+        }
+        feed.abort();
+    }
+    Ok(docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1))
+}
+
+/// This process's stdin in chunks, read on a thread of its own that never holds up exit; the
+/// channel closes at end of input.
+fn stdin_chunks() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
                     }
                 }
             }
-            feed.abort();
         }
-        StartExecResults::Detached => {}
+    });
+    rx
+}
+
+/// The size of the terminal on stdout (rows, columns), if it is one.
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct it is given, which lives on our stack.
+    let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Gives the exec's terminal our size now and after every SIGWINCH.
+async fn follow_terminal_size(docker: Docker, exec_id: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut winch = signal(SignalKind::window_change()).ok();
+    loop {
+        if let Some((height, width)) = terminal_size() {
+            let _ = docker
+                .resize_exec(&exec_id, bollard::exec::ResizeExecOptions { height, width })
+                .await;
+        }
+        match winch.as_mut() {
+            Some(w) => {
+                if w.recv().await.is_none() {
+                    return;
+                }
+            }
+            None => return,
+        }
     }
-    Ok(docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1))
+}
+
+/// The terminal on stdin in raw mode; the saved settings come back on drop.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(Self(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
+    }
 }
 
 /// The lines `envd up` and `envd describe` print about how to reach an environment.
