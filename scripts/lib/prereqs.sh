@@ -82,6 +82,15 @@ ensure_horust_src() {
   tar -xzf target/peers/horust.crate -C "$dest" --strip-components=1
 }
 
+# starship (the prompt the rc files hand over to when it is installed) from crates.io: Debian 12
+# does not package it. A debug build (about 4 minutes cold) is enough to render prompts.
+STARSHIP_VERSION=1.27.0
+ensure_starship() {
+  if target/peers/bin/starship --version 2>/dev/null | grep -q "starship $STARSHIP_VERSION"; then return 0; fi
+  log "building starship $STARSHIP_VERSION from crates.io (the prompt tests render it)"
+  cargo install --quiet --locked --debug starship --version "$STARSHIP_VERSION" --root target/peers
+}
+
 # Python test peers from PyPI, in a venv of their own: ssh-audit (audits envd-sshd's algorithms)
 # and asyncssh (sends `signal` requests, which OpenSSH's client cannot).
 ensure_python_tools() {

@@ -1,6 +1,7 @@
 //! The prompt a user sees: for bash, zsh and fish, a real login shell through envd-sshd (run as
 //! an unprivileged user, as in an environment) with the rc files envd-shell generates shows the
-//! environment's name, the git branch, the Python virtualenv and a failed command's status.
+//! environment's name, the git branch, the Python virtualenv and a failed command's status, both
+//! with the rc files' own prompt and with starship (envd's plain-text starship.toml), in ASCII.
 
 use std::process::Command;
 
@@ -113,16 +114,44 @@ sys.stdout.write(clean(out).decode(errors="replace"))
     stdout(&o)
 }
 
-fn prompt_test(shell: Shell) {
+/// starship from crates.io, which `scripts/test` builds into target/peers (Debian 12 has none).
+fn starship_binary() -> std::path::PathBuf {
+    let p = envd_e2e::workspace_root().join("target/peers/bin/starship");
+    assert!(
+        p.exists(),
+        "{} is missing; scripts/test builds it (cargo install starship)",
+        p.display()
+    );
+    p
+}
+
+/// Which prompt the rc files end up with.
+#[derive(PartialEq)]
+enum Prompt {
+    /// No starship on PATH: the rc file's own prompt.
+    BuiltIn,
+    /// starship on PATH: `starship init` with envd's starship.toml.
+    Starship,
+}
+
+fn prompt_test(shell: Shell, prompt: Prompt) {
     let user = TestUser::create(shell);
     let home = user.home.path();
     let venv = home.join(".venv");
     run(Command::new("python3")
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv));
+    let mut extra_path = vec![];
+    if prompt == Prompt::Starship {
+        // Installed where a user's tools go, and found only through the PATH the rc file sets.
+        let bin = home.join(".local/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(starship_binary(), bin.join("starship")).unwrap();
+        extra_path.push(bin.to_string_lossy().into_owned());
+    }
     let setup = Setup {
         env_name: "demo".into(),
-        extra_path: vec![],
+        extra_path,
         env: vec![("GREETING".into(), "hello".into())],
         venv: Some(venv.to_string_lossy().into_owned()),
         conda_env: None,
@@ -143,7 +172,19 @@ fn prompt_test(shell: Shell) {
         .arg(home));
     let s = Sshd::start_as(Some((user.uid, user.gid)), &["--shell", shell.path()]);
     let screen = interactive_login(&s);
-    for expected in ["[envd:demo] ", "git:feature-x ", "py:.venv ", "x 1 "] {
+    let expected: &[&str] = match prompt {
+        Prompt::BuiltIn => &["[envd:demo] ", "git:feature-x ", "py:.venv ", "x 1 "],
+        // starship's python module shows the interpreter's version, which the built-in prompt
+        // does not: proof that starship drew it.
+        Prompt::Starship => &[
+            "[envd:demo] ",
+            "git:feature-x ",
+            "py:v3.",
+            "(.venv)",
+            "x 1 ",
+        ],
+    };
+    for expected in expected {
         assert!(
             screen.contains(expected),
             "{shell:?}: {expected:?} missing from:\n{screen}\n{}",
@@ -156,19 +197,55 @@ fn prompt_test(shell: Shell) {
         !screen.contains("command not found"),
         "{shell:?}:\n{screen}"
     );
+    // No Nerd Font (private-use) glyph anywhere, and the prompts themselves are plain ASCII, so
+    // they render in any font. (fish draws its own "missing newline" mark, U+23CE, before a
+    // prompt: that is fish's, so only the text from the prompt on is checked.)
+    assert!(
+        !screen
+            .chars()
+            .any(|c| ('\u{e000}'..='\u{f8ff}').contains(&c)),
+        "{shell:?}: a Nerd Font glyph on screen:\n{screen}"
+    );
+    for line in screen.lines() {
+        if let Some(at) = line.find("[envd:demo]") {
+            assert!(
+                line[at..].is_ascii(),
+                "{shell:?}: a non-ASCII prompt: {line}"
+            );
+        }
+    }
+    assert!(
+        !screen.contains("ERROR") && !screen.contains("WARN"),
+        "{shell:?}: starship complained:\n{screen}"
+    );
 }
 
 #[test]
 fn bash_prompt() {
-    prompt_test(Shell::Bash);
+    prompt_test(Shell::Bash, Prompt::BuiltIn);
 }
 
 #[test]
 fn zsh_prompt() {
-    prompt_test(Shell::Zsh);
+    prompt_test(Shell::Zsh, Prompt::BuiltIn);
 }
 
 #[test]
 fn fish_prompt() {
-    prompt_test(Shell::Fish);
+    prompt_test(Shell::Fish, Prompt::BuiltIn);
+}
+
+#[test]
+fn bash_starship_prompt() {
+    prompt_test(Shell::Bash, Prompt::Starship);
+}
+
+#[test]
+fn zsh_starship_prompt() {
+    prompt_test(Shell::Zsh, Prompt::Starship);
+}
+
+#[test]
+fn fish_starship_prompt() {
+    prompt_test(Shell::Fish, Prompt::Starship);
 }
