@@ -87,3 +87,60 @@ pub fn output_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// What a program run by [`in_terminal`] showed and how it ended.
+pub struct TerminalRun {
+    /// Everything it wrote to the terminal, without escape sequences and carriage returns.
+    pub screen: String,
+    /// Its exit code, or `None` when it was still running at the deadline.
+    pub code: Option<i32>,
+}
+
+/// Runs `argv` in a real terminal of 30x100 (python's pty module plays it). Each step is
+/// `(wait_for, typed)`: once `wait_for` appears on the screen after what the previous step
+/// waited for, `typed` is typed. Ends when the program does, or after `timeout_s`.
+pub fn in_terminal(argv: &[&str], steps: &[(&str, &str)], timeout_s: u64) -> TerminalRun {
+    let script = r#"
+import os, pty, sys, time, json, re, fcntl, termios, struct
+argv, steps, timeout = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(argv[0], argv)
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+def clean(b):
+    return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
+out, pos, deadline = b"", 0, time.time() + timeout
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if steps:
+        at = clean(out).find(steps[0][0].encode(), pos)
+        if at >= 0:
+            pos = at + len(steps[0][0])
+            os.write(fd, steps.pop(0)[1].encode())
+code = None
+for _ in range(100):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        code = os.waitstatus_to_exitcode(status)
+        break
+    time.sleep(0.1)
+print(json.dumps([clean(out).decode(errors="replace"), code]))
+"#;
+    let arg = serde_json::json!([argv, steps, timeout_s]).to_string();
+    let o = Command::new("python3")
+        .args(["-c", script, &arg])
+        .output()
+        .expect("run python3 (the terminal driver)");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("terminal driver failed ({e}): {}", output_text(&o)));
+    TerminalRun {
+        screen: v[0].as_str().unwrap_or_default().to_string(),
+        code: v[1].as_i64().map(|c| c as i32),
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use envd_e2e::sshd::{stdout, Sshd};
+use envd_e2e::sshd::Sshd;
 use envd_shell::{home_files, Setup, Shell};
 
 struct TestUser {
@@ -70,48 +70,20 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Logs in interactively (python's pty module plays the terminal), waits for the prompt, runs
-/// `cd project && false`, waits for the next prompt, exits; returns the whole screen output.
+/// Logs in interactively in a real terminal, waits for the prompt, runs `cd project && false`,
+/// waits for the next prompt (showing the status), exits; returns the whole screen.
 fn interactive_login(s: &Sshd) -> String {
-    let mut argv = vec!["ssh".to_string()];
+    let port = s.port.to_string();
+    let mut argv: Vec<String> = vec!["ssh".into()];
     argv.extend(s.opts());
-    argv.extend([
-        "-tt".into(),
-        "-p".into(),
-        s.port.to_string(),
-        "127.0.0.1".into(),
-    ]);
-    let script = r#"
-import os, pty, sys, time, json, re
-argv = json.loads(sys.argv[1])
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(argv[0], argv)
-out, step, deadline = b"", 0, time.time() + 20
-def clean(b):
-    return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", b).replace(b"\r", b"")
-while time.time() < deadline:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
-    text = clean(out)
-    if step == 0 and b"[envd:demo]" in text:
-        os.write(fd, b"cd project && false\n")
-        step = 1
-    elif step == 1 and b"x 1 " in text:
-        os.write(fd, b"exit\n")
-        step = 2
-sys.stdout.write(clean(out).decode(errors="replace"))
-"#;
-    let o = Command::new("python3")
-        .args(["-c", script, &serde_json::to_string(&argv).unwrap()])
-        .output()
-        .unwrap();
-    stdout(&o)
+    argv.extend(["-tt".into(), "-p".into(), port, "127.0.0.1".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    envd_e2e::in_terminal(
+        &argv,
+        &[("[envd:demo]", "cd project && false\n"), ("x 1 ", "exit\n")],
+        20,
+    )
+    .screen
 }
 
 /// starship from crates.io, which `scripts/test` builds into target/peers (Debian 12 has none).

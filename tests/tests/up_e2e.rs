@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use envd_e2e::{envd, output_text, require_docker, workspace_root};
+use envd_e2e::{envd, in_terminal, output_text, require_docker, workspace_root, TerminalRun};
 
 fn text(o: &Output) -> String {
     output_text(o)
@@ -77,55 +77,6 @@ fn ssh_config_text() -> String {
     std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
 }
 
-/// Runs `argv` in a real terminal of 30x100 (python's pty module plays it): waits until `wait_for` appears
-/// on the screen, types `input`, and returns the screen (escape sequences removed) and the exit
-/// code once the program ends (or after `timeout_s`, when the code is `None`).
-fn in_terminal(
-    argv: &[&str],
-    wait_for: &str,
-    input: &str,
-    timeout_s: u64,
-) -> (String, Option<i32>) {
-    let script = r#"
-import os, pty, sys, time, json, re, fcntl, termios, struct
-argv, wait_for, typed, timeout = json.loads(sys.argv[1])
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(argv[0], argv)
-fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-out, sent, deadline = b"", False, time.time() + timeout
-def clean(b):
-    return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
-while time.time() < deadline:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
-    if not sent and wait_for.encode() in clean(out):
-        os.write(fd, typed.encode())
-        sent = True
-code = None
-for _ in range(100):
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        code = os.waitstatus_to_exitcode(status)
-        break
-    time.sleep(0.1)
-print(json.dumps([clean(out).decode(errors="replace"), code]))
-"#;
-    let arg = serde_json::json!([argv, wait_for, input, timeout_s]).to_string();
-    let o = run(Command::new("python3").args(["-c", script, &arg]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("terminal driver failed ({e}): {}", text(&o)));
-    (
-        v[0].as_str().unwrap_or_default().to_string(),
-        v[1].as_i64().map(|c| c as i32),
-    )
-}
-
 #[test]
 fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     require_docker();
@@ -174,7 +125,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     // Without --detach, in a terminal, `envd up` keeps the running container and opens the
     // shell: the prompt names the environment, typed commands run inside, exit ends envd up.
     let envd_bin = envd_e2e::runtime_dir().join("envd");
-    let (screen, code) = in_terminal(
+    let TerminalRun { screen, code } = in_terminal(
         &[
             envd_bin.to_str().unwrap(),
             "up",
@@ -183,8 +134,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
             "--name",
             name,
         ],
-        "[envd:e2eup]",
-        "echo inside-$((6*7)) $PWD; exit 3\n",
+        &[("[envd:e2eup]", "echo inside-$((6*7)) $PWD; exit 3\n")],
         180,
     );
     assert!(
@@ -203,10 +153,9 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
 
     // envd exec without a command opens the login shell on a terminal of our size; -T gives no
     // terminal, and either way envd exits with the command, without waiting for a key press.
-    let (screen, code) = in_terminal(
+    let TerminalRun { screen, code } = in_terminal(
         &[envd_bin.to_str().unwrap(), "exec", "--name", name],
-        "[envd:e2eup]",
-        "stty size; tty; exit 5\n",
+        &[("[envd:e2eup]", "stty size; tty; exit 5\n")],
         60,
     );
     assert!(
@@ -214,7 +163,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "exec's terminal:\n{screen}"
     );
     assert_eq!(code, Some(5), "{screen}");
-    let (screen, code) = in_terminal(
+    let TerminalRun { screen, code } = in_terminal(
         &[
             envd_bin.to_str().unwrap(),
             "exec",
@@ -224,8 +173,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
             "--",
             "tty",
         ],
-        "never typed",
-        "",
+        &[],
         30,
     );
     assert!(screen.contains("not a tty"), "{screen}");
