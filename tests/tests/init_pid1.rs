@@ -337,31 +337,29 @@ fn failing_health_check_restarts_the_service() {
 fn start_after_order_and_reverse_stop_order() {
     let dir = scratch();
     let order = p(dir.path(), "order");
-    // Each service records its start, and its stop when it receives TERM.
-    let svc = |name: &str| {
+    // Each service records its start, then becomes healthy (its ready file; dependents wait for
+    // that, so the markers cannot race), and records its stop when it receives TERM.
+    let ready = |name: &str| p(dir.path(), &format!("{name}.ready"));
+    let svc = |name: &str, extra: &str| {
         format!(
-            "/bin/sh -c 'echo start-{name} >> {order}; trap \\\"echo stop-{name} >> {order}; exit 0\\\" TERM; while true; do sleep 0.05; done'"
+            "command = \"/bin/sh -c 'echo start-{name} >> {order}; touch {ready}; trap \\\"echo stop-{name} >> {order}; exit 0\\\" TERM; while true; do sleep 0.05; done'\"\n{extra}[healthiness]\nfile-path = \"{ready}\"\n",
+            ready = ready(name)
         )
     };
-    write_service(dir.path(), "db", &format!("command = \"{}\"\n", svc("db")));
-    write_service(
-        dir.path(),
-        "api",
-        &format!("command = \"{}\"\nstart-after = [\"db\"]\n", svc("api")),
-    );
+    write_service(dir.path(), "db", &svc("db", ""));
+    write_service(dir.path(), "api", &svc("api", "start-after = [\"db\"]\n"));
     write_service(
         dir.path(),
         "web",
-        &format!(
-            "command = \"{}\"\nstart-after = [\"api\"]\nstart-delay = \"200ms\"\n",
-            svc("web")
-        ),
+        &svc("web", "start-after = [\"api\"]\nstart-delay = \"200ms\"\n"),
     );
     let mut init = Init::start(dir, &[], &[]);
-    init.wait_for("all running", T, |s| {
-        s.iter().all(|x| x["state"] == "running")
+    // Healthy means each has written its start marker.
+    init.wait_for("all healthy", T, |s| {
+        s.len() == 3
+            && s.iter()
+                .all(|x| x["state"] == "running" && x["health"] == "healthy")
     });
-    std::thread::sleep(Duration::from_millis(200));
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 0, "{}", init.log());
     let got: Vec<String> = std::fs::read_to_string(&order)
