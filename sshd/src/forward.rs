@@ -13,25 +13,38 @@ use tokio::task::AbortHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Relays a channel and a socket both ways: channel data is written straight to the socket and
-/// socket reads of up to 64 KiB (one packet) go straight into the channel, without
-/// `ChannelStream`'s extra buffering. EOF is passed on in both directions.
+/// Relays a channel and a socket both ways without `ChannelStream`'s extra buffering: channel
+/// packets already waiting are gathered into one socket write (up to 256 KiB), and socket reads
+/// of up to 64 KiB (one packet) go straight into the channel. EOF is passed on both ways.
 pub async fn relay<S>(channel: Channel<Msg>, socket: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_BATCH: usize = 256 * 1024;
     let (mut rx, tx) = channel.split();
     let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
     let upstream = async move {
-        while let Some(msg) = rx.wait().await {
-            let go_on = match msg {
-                russh::ChannelMsg::Data { data } => sock_wr.write_all(&data).await.is_ok(),
-                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => false,
-                _ => true,
-            };
-            if !go_on {
-                break;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut open = true;
+        while open {
+            let Some(msg) = rx.wait().await else { break };
+            open = gather(msg, &mut batch);
+            // One write per wake-up rather than per packet: whatever has arrived meanwhile
+            // (`wait` is cancel-safe, so polling it once loses nothing).
+            while open && batch.len() < MAX_BATCH {
+                match rx.wait().now_or_never() {
+                    Some(Some(msg)) => open = gather(msg, &mut batch),
+                    Some(None) => open = false,
+                    None => break,
+                }
+            }
+            if !batch.is_empty() {
+                if sock_wr.write_all(&batch).await.is_err() {
+                    break;
+                }
+                batch.clear();
             }
         }
         let _ = sock_wr.shutdown().await;
@@ -53,6 +66,18 @@ where
     };
     let (_, tx) = tokio::join!(upstream, downstream);
     let _ = tx.close().await;
+}
+
+/// Appends a channel message's data to `batch`; false once the channel's sending side is done.
+fn gather(msg: russh::ChannelMsg, batch: &mut Vec<u8>) -> bool {
+    match msg {
+        russh::ChannelMsg::Data { data } => {
+            batch.extend_from_slice(&data);
+            true
+        }
+        russh::ChannelMsg::Eof | russh::ChannelMsg::Close => false,
+        _ => true,
+    }
 }
 
 /// Relays both ways with large buffers (tokio's default of 8 KiB halves forwarding throughput).
