@@ -26,7 +26,8 @@ where
     let (mut rx, tx) = channel.split();
     let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
     let upstream = async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Grows only as far as the traffic needs: idle forwards (VS Code keeps many) hold nothing.
+        let mut batch = Vec::new();
         let mut open = true;
         while open {
             let Some(msg) = rx.wait().await else { break };
