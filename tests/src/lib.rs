@@ -96,17 +96,29 @@ pub struct TerminalRun {
     pub code: Option<i32>,
 }
 
-/// Runs `argv` in a real terminal of 30x100 (python's pty module plays it). Each step is
-/// `(wait_for, typed)`: once `wait_for` appears on the screen after what the previous step
-/// waited for, `typed` is typed. Ends when the program does, or after `timeout_s`.
-pub fn in_terminal(argv: &[&str], steps: &[(&str, &str)], timeout_s: u64) -> TerminalRun {
+/// What [`in_terminal`] does once a step's text has appeared on the screen.
+pub enum Then<'a> {
+    /// Type this.
+    Type(&'a str),
+    /// Resize the terminal and send SIGWINCH, as a terminal emulator does.
+    Resize(u16, u16),
+}
+
+/// Runs `argv` in a real terminal of 24x80 with IUTF8 set (python's pty module plays it, as a
+/// terminal emulator would). Each step is `(wait_for, then)`, done once `wait_for` appears on
+/// the screen after what the previous step waited for. Ends when the program does, or after
+/// `timeout_s`.
+pub fn in_terminal(argv: &[&str], steps: &[(&str, Then)], timeout_s: u64) -> TerminalRun {
     let script = r#"
 import os, pty, sys, time, json, re, fcntl, termios, struct
 argv, steps, timeout = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
+    attrs = termios.tcgetattr(0)
+    attrs[0] |= getattr(termios, "IUTF8", 0o40000)
+    termios.tcsetattr(0, termios.TCSANOW, attrs)
     os.execvp(argv[0], argv)
-fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
 def clean(b):
     return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
 out, pos, deadline = b"", 0, time.time() + timeout
@@ -118,11 +130,17 @@ while time.time() < deadline:
     if not chunk:
         break
     out += chunk
-    if steps:
+    while steps:
         at = clean(out).find(steps[0][0].encode(), pos)
-        if at >= 0:
-            pos = at + len(steps[0][0])
-            os.write(fd, steps.pop(0)[1].encode())
+        if at < 0:
+            break
+        pos = at + len(steps[0][0])
+        step = steps.pop(0)
+        if step[1] == "type":
+            os.write(fd, step[2].encode())
+        else:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", step[2], step[3], 0, 0))
+            os.kill(pid, 28)  # SIGWINCH
 code = None
 for _ in range(100):
     done, status = os.waitpid(pid, os.WNOHANG)
@@ -132,6 +150,13 @@ for _ in range(100):
     time.sleep(0.1)
 print(json.dumps([clean(out).decode(errors="replace"), code]))
 "#;
+    let steps: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|(wait_for, then)| match then {
+            Then::Type(text) => serde_json::json!([wait_for, "type", text]),
+            Then::Resize(rows, cols) => serde_json::json!([wait_for, "resize", rows, cols]),
+        })
+        .collect();
     let arg = serde_json::json!([argv, steps, timeout_s]).to_string();
     let o = Command::new("python3")
         .args(["-c", script, &arg])

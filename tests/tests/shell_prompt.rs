@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use envd_e2e::sshd::Sshd;
+use envd_e2e::Then;
 use envd_shell::{home_files, Setup, Shell};
 
 struct TestUser {
@@ -80,7 +81,10 @@ fn interactive_login(s: &Sshd) -> String {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     envd_e2e::in_terminal(
         &argv,
-        &[("[envd:demo]", "cd project && false\n"), ("x 1 ", "exit\n")],
+        &[
+            ("[envd:demo]", Then::Type("cd project && false\n")),
+            ("x 1 ", Then::Type("exit\n")),
+        ],
         20,
     )
     .screen

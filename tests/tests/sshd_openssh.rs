@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envd_e2e::sshd::{free_port, keygen, stderr, stdout, Sshd};
+use envd_e2e::Then;
 
 #[test]
 fn exec_keeps_streams_apart_and_passes_the_exit_status() {
@@ -188,57 +189,21 @@ fn rsa_and_ecdsa_keys_work() {
     }
 }
 
-/// Runs `ssh -tt ... 127.0.0.1 REMOTE` inside a real terminal (python's pty module) of 24x80
-/// with IUTF8 set, as a terminal emulator would; when `resize_on` appears in the output the
-/// terminal becomes 33x111. Returns everything printed until `until` appears (or 15 s).
-fn in_terminal(s: &Sshd, remote: &str, resize_on: &str, until: &str) -> String {
-    let mut argv = vec!["ssh".to_string()];
+/// Runs `ssh -tt ... 127.0.0.1 REMOTE` in a real terminal of 24x80 with IUTF8 set; returns the
+/// screen.
+fn in_terminal(s: &Sshd, remote: &str, steps: &[(&str, Then)]) -> String {
+    let port = s.port.to_string();
+    let mut argv: Vec<String> = vec!["ssh".into()];
     argv.extend(s.opts());
     argv.extend([
         "-tt".into(),
         "-p".into(),
-        s.port.to_string(),
+        port,
         "127.0.0.1".into(),
         remote.into(),
     ]);
-    let script = r#"
-import os, pty, sys, time, fcntl, termios, struct, json
-argv, resize_on, until = json.loads(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].encode()
-pid, fd = pty.fork()
-if pid == 0:
-    attrs = termios.tcgetattr(0)
-    attrs[0] |= getattr(termios, "IUTF8", 0o40000)
-    termios.tcsetattr(0, termios.TCSANOW, attrs)
-    os.execvp(argv[0], argv)
-fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-out, resized, deadline = b"", False, time.time() + 15
-while time.time() < deadline:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
-    if resize_on and resize_on in out and not resized:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-        os.kill(pid, 28)  # SIGWINCH to ssh, as a terminal emulator's resize does
-        resized = True
-    if until in out:
-        break
-sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
-"#;
-    let o = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &serde_json::to_string(&argv).unwrap(),
-            resize_on,
-            until,
-        ])
-        .output()
-        .unwrap();
-    stdout(&o) + &stderr(&o)
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    envd_e2e::in_terminal(&argv, steps, 15).screen
 }
 
 #[test]
@@ -247,8 +212,7 @@ fn pty_session_has_a_controlling_terminal_modes_and_term() {
     let out = in_terminal(
         &s,
         "tty; echo TERM=$TERM; echo SSH_TTY=$SSH_TTY; stty size; stty -a | tr ' ;' '\\n\\n' | grep -x iutf8; ps -o tty= -p $$; echo END",
-        "",
-        "END",
+        &[],
     );
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{out}");
@@ -267,9 +231,8 @@ fn window_change_reaches_the_shell_as_sigwinch() {
     let s = Sshd::start(&[]);
     let out = in_terminal(
         &s,
-        "trap 'echo WINCH $(stty size)' WINCH; echo READY; for i in $(seq 50); do sleep 0.1; done",
-        "READY",
-        "WINCH 33 111",
+        "trap 'echo WINCH $(stty size); exit 0' WINCH; echo READY; for i in $(seq 50); do sleep 0.1; done",
+        &[("READY", Then::Resize(33, 111))],
     );
     assert!(out.contains("WINCH 33 111"), "{out}");
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use envd_e2e::{envd, in_terminal, output_text, require_docker, workspace_root, TerminalRun};
+use envd_e2e::{envd, in_terminal, output_text, require_docker, workspace_root, TerminalRun, Then};
 
 fn text(o: &Output) -> String {
     output_text(o)
@@ -134,7 +134,10 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
             "--name",
             name,
         ],
-        &[("[envd:e2eup]", "echo inside-$((6*7)) $PWD; exit 3\n")],
+        &[(
+            "[envd:e2eup]",
+            Then::Type("echo inside-$((6*7)) $PWD; exit 3\n"),
+        )],
         180,
     );
     assert!(
@@ -155,11 +158,11 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     // terminal, and either way envd exits with the command, without waiting for a key press.
     let TerminalRun { screen, code } = in_terminal(
         &[envd_bin.to_str().unwrap(), "exec", "--name", name],
-        &[("[envd:e2eup]", "stty size; tty; exit 5\n")],
+        &[("[envd:e2eup]", Then::Type("stty size; tty; exit 5\n"))],
         60,
     );
     assert!(
-        screen.contains("30 100\n/dev/pts/"),
+        screen.contains("24 80\n/dev/pts/"),
         "exec's terminal:\n{screen}"
     );
     assert_eq!(code, Some(5), "{screen}");
