@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Relays a channel and a socket both ways without `ChannelStream`'s extra buffering: channel
-/// packets already waiting are gathered into one socket write (up to 256 KiB), and socket reads
+/// packets already waiting are gathered into one socket write (about 256 KiB at most), and socket reads
 /// of up to 64 KiB (one packet) go straight into the channel. EOF is passed on both ways.
 pub async fn relay<S>(channel: Channel<Msg>, socket: S)
 where

@@ -179,6 +179,18 @@ impl Sshd {
         ]
     }
 
+    /// Runs `ssh -tt` to this server (a login shell, or `remote`) in a real terminal with
+    /// [`crate::in_terminal`]'s steps; returns the screen.
+    pub fn in_terminal(&self, remote: Option<&str>, steps: &[(&str, crate::Then)]) -> String {
+        let port = self.port.to_string();
+        let mut argv: Vec<String> = vec!["ssh".into()];
+        argv.extend(self.opts());
+        argv.extend(["-tt".into(), "-p".into(), port, "127.0.0.1".into()]);
+        argv.extend(remote.map(String::from));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        crate::in_terminal(&argv, steps, 20).screen
+    }
+
     /// An `ssh` command to this server; add options and the remote command.
     pub fn ssh(&self) -> Command {
         let mut c = Command::new("ssh");

@@ -74,20 +74,13 @@ fn run(cmd: &mut Command) {
 /// Logs in interactively in a real terminal, waits for the prompt, runs `cd project && false`,
 /// waits for the next prompt (showing the status), exits; returns the whole screen.
 fn interactive_login(s: &Sshd) -> String {
-    let port = s.port.to_string();
-    let mut argv: Vec<String> = vec!["ssh".into()];
-    argv.extend(s.opts());
-    argv.extend(["-tt".into(), "-p".into(), port, "127.0.0.1".into()]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    envd_e2e::in_terminal(
-        &argv,
+    s.in_terminal(
+        None,
         &[
             ("[envd:demo]", Then::Type("cd project && false\n")),
             ("x 1 ", Then::Type("exit\n")),
         ],
-        20,
     )
-    .screen
 }
 
 /// starship from crates.io, which `scripts/test` builds into target/peers (Debian 12 has none).

@@ -189,29 +189,11 @@ fn rsa_and_ecdsa_keys_work() {
     }
 }
 
-/// Runs `ssh -tt ... 127.0.0.1 REMOTE` in a real terminal of 24x80 with IUTF8 set; returns the
-/// screen.
-fn in_terminal(s: &Sshd, remote: &str, steps: &[(&str, Then)]) -> String {
-    let port = s.port.to_string();
-    let mut argv: Vec<String> = vec!["ssh".into()];
-    argv.extend(s.opts());
-    argv.extend([
-        "-tt".into(),
-        "-p".into(),
-        port,
-        "127.0.0.1".into(),
-        remote.into(),
-    ]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    envd_e2e::in_terminal(&argv, steps, 15).screen
-}
-
 #[test]
 fn pty_session_has_a_controlling_terminal_modes_and_term() {
     let s = Sshd::start(&[]);
-    let out = in_terminal(
-        &s,
-        "tty; echo TERM=$TERM; echo SSH_TTY=$SSH_TTY; stty size; stty -a | tr ' ;' '\\n\\n' | grep -x iutf8; ps -o tty= -p $$; echo END",
+    let out = s.in_terminal(
+        Some(        "tty; echo TERM=$TERM; echo SSH_TTY=$SSH_TTY; stty size; stty -a | tr ' ;' '\\n\\n' | grep -x iutf8; ps -o tty= -p $$; echo END"),
         &[],
     );
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
@@ -229,9 +211,8 @@ fn pty_session_has_a_controlling_terminal_modes_and_term() {
 #[test]
 fn window_change_reaches_the_shell_as_sigwinch() {
     let s = Sshd::start(&[]);
-    let out = in_terminal(
-        &s,
-        "trap 'echo WINCH $(stty size); exit 0' WINCH; echo READY; for i in $(seq 50); do sleep 0.1; done",
+    let out = s.in_terminal(
+        Some(        "trap 'echo WINCH $(stty size); exit 0' WINCH; echo READY; for i in $(seq 50); do sleep 0.1; done"),
         &[("READY", Then::Resize(33, 111))],
     );
     assert!(out.contains("WINCH 33 111"), "{out}");

@@ -103,10 +103,6 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
         );
     }
     let docker = super::docker().await?;
-    let term = format!(
-        "TERM={}",
-        std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
-    );
     let exec = docker
         .create_exec(
             &env.id,
@@ -115,7 +111,10 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 tty: Some(tty),
-                env: tty.then(|| vec![term]),
+                env: tty.then(|| {
+                    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+                    vec![format!("TERM={term}")]
+                }),
                 cmd: Some(cmd),
                 working_dir: Some(env.workdir.clone()),
                 ..Default::default()
