@@ -78,33 +78,19 @@ pub fn workdir_name(path: &Path) -> String {
         .unwrap_or_else(|| "envd".into())
 }
 
-/// uid and gid for the image's `envd` user: the host user's, so the bind-mounted project is
-/// writable; root on the host maps to 1000 (a login user inside).
-pub fn user_ids() -> (u32, u32) {
-    let (uid, gid) = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
-    if uid == 0 {
-        (1000, 1000)
-    } else {
-        (uid, gid)
-    }
-}
-
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
 /// Hash of everything that decides the image: the evaluated program (so comments and blank
-/// lines do not count), the runtime binaries, the user ids and this builder's version.
-pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str, ids: (u32, u32)) -> String {
+/// lines do not count), the runtime binaries and this builder's version. Nothing about the host
+/// user: every user of a project shares its image.
+pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(graph).unwrap_or_default());
     h.update(runtime_hash.as_bytes());
     h.update(name.as_bytes());
-    h.update(format!("{}:{}", ids.0, ids.1).as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     format!("{:x}", h.finalize())
 }
@@ -132,7 +118,6 @@ pub async fn build(
             if matches!(other, crate::output::Output::Docker { .. }) { "type=docker" } else { "type=oci" }
         ),
     };
-    let ids = user_ids();
     let socket = PathBuf::from(connect::docker_socket());
 
     let (runtime_image, runtime_hash) = if graph.dev {
@@ -146,23 +131,8 @@ pub async fn build(
     } else {
         (None, String::new())
     };
-    // Dev images carry the user's public key (the environment's authorized_keys).
-    let authorized_key = if graph.dev {
-        Some(crate::env::ssh::ensure_user_key()?)
-    } else {
-        None
-    };
     let context = crate::context::collect(&opts.path, &graph)?;
-    let hash = program_hash(
-        &graph,
-        &format!(
-            "{runtime_hash}{}{}",
-            authorized_key.as_deref().unwrap_or(""),
-            context.hash
-        ),
-        &name,
-        ids,
-    );
+    let hash = program_hash(&graph, &format!("{runtime_hash}{}", context.hash), &name);
 
     if !opts.force {
         if let Some(labels) = docker::image_labels(&socket, &tag).await? {
@@ -190,12 +160,9 @@ pub async fn build(
         &graph,
         &Context {
             env_name: name,
-            uid: ids.0,
-            gid: ids.1,
             runtime_image,
             program_hash: hash.clone(),
             host_ca: host_ca_bundle(),
-            authorized_key,
             context_image,
             workdir_name: workdir_name(&opts.path),
         },
@@ -228,7 +195,8 @@ pub async fn build(
             )
             .await?
         }
-        r => r?,
+        Err(e) => return Err(base_image_error(&socket, &graph, e).await),
+        Ok(d) => d,
     };
     let output_note = if exporter == solve::Exporter::Moby {
         crate::output::finish(&opts.output, &tag).await?
@@ -244,6 +212,39 @@ pub async fn build(
         elapsed: started.elapsed(),
         graph,
     })
+}
+
+/// A failed build whose base image the engine does not have is most likely that image: say
+/// which it is, where the build file chose it, and which images could be used instead.
+async fn base_image_error(socket: &Path, graph: &Graph, e: anyhow::Error) -> anyhow::Error {
+    let image = compile::base_image(graph);
+    if !matches!(docker::image_labels(socket, &image).await, Ok(None)) {
+        return e;
+    }
+    let chosen = if graph.image_at.is_empty() {
+        "envd's default for base()".to_string()
+    } else if image != graph.image {
+        format!("install.cuda with base(...) at {}", graph.image_at)
+    } else {
+        format!("base(image={:?}) at {}", graph.image, graph.image_at)
+    };
+    let have = docker::local_image_tags(socket).await.unwrap_or_default();
+    let suggestion = match have.iter().find(|t| !t.starts_with("envd-rs/")) {
+        Some(t) => format!("base(image={t:?}, dev=True)"),
+        None => "base(image=...) with an image you have pulled or imported".to_string(),
+    };
+    anyhow::anyhow!(
+        "the base image {image} ({chosen}) is not in the Docker engine and could not be pulled. \
+         Use {suggestion}{}.\nBuildKit said: {e:#}",
+        if have.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the engine has: {}",
+                have.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+            )
+        }
+    )
 }
 
 /// The progress display: live spinners on a terminal, plain lines otherwise (CI logs, pipes).

@@ -97,6 +97,22 @@ pub async fn image_labels(
     }
 }
 
+/// The `repo:tag` names of the engine's images, newest first.
+pub async fn local_image_tags(socket: &Path) -> anyhow::Result<Vec<String>> {
+    let (status, body) = request(socket, "GET", "/images/json", b"", "application/json").await?;
+    if status != 200 {
+        bail!("Docker answered {status} listing images");
+    }
+    let mut images: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    images.sort_by_key(|i| std::cmp::Reverse(i["Created"].as_i64().unwrap_or(0)));
+    Ok(images
+        .iter()
+        .flat_map(|i| i["RepoTags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .filter(|t| t != "<none>:<none>" && !t.ends_with(":dev"))
+        .collect())
+}
+
 /// Makes sure the local image `repo:tag` holds `/envd-init` and `/envd-sshd` from `dir`.
 pub async fn ensure_runtime_image(
     socket: &Path,

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct Graph {
     /// `base(image=...)`.
     pub image: String,
+    /// Where `image` was chosen (`build.envd:3`; empty: envd's default, no `base` call), for
+    /// errors. Not part of the build's hash: moving a line does not change the image.
+    #[serde(skip)]
+    pub image_at: String,
     /// `base(dev=True)`: envd-init, envd-sshd, the user, the prompt.
     pub dev: bool,
     /// `shell(...)`: bash, zsh or fish.
@@ -165,6 +169,9 @@ pub struct Jupyter {
     pub token: String,
     /// Host port; 0 means a free one.
     pub port: i32,
+    /// Whether the build file chose `port`. envd's default (8888) gives way to a free port
+    /// when another environment (another user's, say) has it; a chosen port never does.
+    pub port_given: bool,
 }
 
 /// `io.copy`.
@@ -244,8 +251,11 @@ pub struct Expose {
 /// `runtime.mount`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mount {
-    /// Host path (or an envd data source).
+    /// Host path (or an envd data source); empty for a named volume.
     pub host_path: String,
     /// Path in the environment.
     pub envd_path: String,
+    /// A named volume of the environment's (kept by `envd down`, removed by `--volumes`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub volume: String,
 }

@@ -178,6 +178,10 @@ enum Command {
         /// The build context whose environment goes (its name is the directory's).
         #[arg(short, long)]
         path: Option<PathBuf>,
+        /// Also remove the environment's named volumes (its caches, `runtime.mount(volume=...)`),
+        /// which are otherwise kept for the next `envd up`.
+        #[arg(long)]
+        volumes: bool,
     },
     /// Manage builder contexts (which BuildKit `envd build` and `envd up` use).
     Context {
@@ -301,6 +305,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             ))?;
             println!();
+            if up.build.up_to_date {
+                println!("image {}: up to date, nothing built", up.build.tag);
+            } else {
+                println!(
+                    "image {}: built in {:.1}s",
+                    up.build.tag,
+                    up.build.elapsed.as_secs_f64()
+                );
+            }
             println!(
                 "{name} is up ({}; every service healthy {:.2}s after the start{}).",
                 if up.reused {
@@ -445,14 +458,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
-        Command::Down { name, path } => {
+        Command::Down {
+            name,
+            path,
+            volumes,
+        } => {
             let name = match (name, path) {
                 (Some(n), _) => n,
                 (None, Some(p)) => build::env_name(&p),
                 (None, None) => build::env_name(std::path::Path::new(".")),
             };
-            tokio()?.block_on(env::commands::down(&name))?;
+            let kept = tokio()?.block_on(env::commands::down(&name, volumes))?;
             println!("{name} is down: container and SSH entry removed");
+            if !kept.is_empty() {
+                println!(
+                    "kept its volumes for the next envd up ({}); envd down --name {name} --volumes removes them",
+                    kept.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Build {
@@ -509,22 +532,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let graph = envd_builder::lang::evaluate(&path, &from)?;
             let context = envd_builder::context::collect(&path, &graph)?;
-            let (uid, gid) = build::user_ids();
             let compiled = compile::compile(
                 &graph,
                 &compile::Context {
                     env_name: build::env_name(&path),
-                    uid,
-                    gid,
                     runtime_image: Some("envd-rs/runtime:<hash of envd-init and envd-sshd>".into()),
-                    program_hash: build::program_hash(
-                        &graph,
-                        "",
-                        &build::env_name(&path),
-                        (uid, gid),
-                    ),
+                    program_hash: build::program_hash(&graph, "", &build::env_name(&path)),
                     host_ca: build::host_ca_bundle(),
-                    authorized_key: Some("<your public key: ~/.config/envd/id_ed25519.pub>".into()),
                     context_image: (!context.is_empty()).then(|| context.image()),
                     workdir_name: build::workdir_name(&path),
                 },

@@ -100,3 +100,20 @@ ensure_python_tools() {
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check ssh-audit==3.9.0 asyncssh==2.24.1
 }
+
+# playwright-core from the npm registry drives Debian's Chromium in the JupyterLab tests (it
+# downloads no browser of its own). Pinned by tests/browser/package-lock.json; installed once
+# into target/peers/browser.
+ensure_browser_driver() {
+  local dest=target/peers/browser
+  if cmp -s tests/browser/package-lock.json "$dest/package-lock.json" \
+     && [ -f "$dest/node_modules/playwright-core/package.json" ]; then return 0; fi
+  command -v npm >/dev/null 2>&1 || {
+    log "installing Debian's nodejs and npm (for playwright-core)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  }
+  log "installing playwright-core from the npm registry into $dest"
+  mkdir -p "$dest"
+  cp tests/browser/package.json tests/browser/package-lock.json "$dest/"
+  (cd "$dest" && npm ci --silent --no-audit --no-fund)
+}

@@ -31,10 +31,16 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
-    /// The current user, with `shell` overriding the passwd entry's shell.
+    /// The current user, with `shell` overriding the passwd entry's shell. The account `$USER`
+    /// names wins when it has our uid: with a root host user, the environment's user shares
+    /// uid 0 with root, and sessions must still be `envd` in `/home/envd`.
     pub fn current(shell: Option<PathBuf>) -> UserInfo {
         let uid = nix::unistd::getuid();
-        let entry = nix::unistd::User::from_uid(uid).ok().flatten();
+        let entry = std::env::var("USER")
+            .ok()
+            .and_then(|n| nix::unistd::User::from_name(&n).ok().flatten())
+            .filter(|u| u.uid == uid)
+            .or_else(|| nix::unistd::User::from_uid(uid).ok().flatten());
         let name = entry
             .as_ref()
             .map(|u| u.name.clone())

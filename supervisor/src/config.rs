@@ -495,7 +495,7 @@ fn expand_env(text: &str, file: &Path) -> Result<String, ConfigError> {
 }
 
 fn passwd_fallback(name: &str) -> Option<String> {
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok()??;
+    let user = crate::identity::current_user()?;
     match name {
         "USER" | "LOGNAME" => Some(user.name),
         "HOME" => Some(user.dir.to_string_lossy().into_owned()),

@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: service files (Horust's TOML format plus envd's additions), validated up front
 //!   with `FILE:LINE: what is wrong` errors;
+//! - [`identity`]: the environment's user takes the host user's ids at start, then envd-init
+//!   drops to it;
 //! - [`spawn`] and [`reaper`]: starting processes in their own process groups, as their user, and
 //!   being the single owner of `waitpid` so no exit status is ever stolen;
 //! - [`supervisor`]: the event-driven state machine (dependencies, restarts with backoff and
@@ -18,6 +20,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod identity;
 pub mod log;
 pub mod logs;
 pub mod reaper;

@@ -10,7 +10,7 @@ use envd_supervisor::proto::supervisor::{
     Health, ListServicesRequest, LogsRequest, ServiceRequest, ServiceState, ServiceStatus,
 };
 use envd_supervisor::supervisor::{self, Options};
-use envd_supervisor::{client, config, DEFAULT_API_SOCKET};
+use envd_supervisor::{client, config, identity, DEFAULT_API_SOCKET};
 
 /// envd-init: supervises an envd environment's services as PID 1 and reports their health.
 #[derive(Parser)]
@@ -36,6 +36,20 @@ struct Cli {
     /// Check the service files and exit.
     #[arg(long)]
     check: bool,
+
+    /// Run as this account: envd-init starts as root, gives the account `--user-ids` and what it
+    /// owned, then drops to it for good before anything else starts.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// The host user's `UID:GID` for `--user` (so the bind-mounted project is writable inside
+    /// and what is made inside belongs to the host user).
+    #[arg(long, value_name = "UID:GID", requires = "user", value_parser = identity::parse_ids)]
+    user_ids: Option<(u32, u32)>,
+
+    /// A path (a named volume) whose files `--user` owned in the image; may be repeated.
+    #[arg(long, value_name = "PATH", requires = "user")]
+    own: Vec<PathBuf>,
 
     /// The main command (tini's contract): its exit code becomes envd-init's.
     #[arg(last = true, value_name = "MAIN_CMD")]
@@ -91,6 +105,22 @@ enum CtlAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     envd_supervisor::log::init_from_env();
+    // Before the runtime's threads and before the service files are read (they expand ${USER}).
+    if let Some(user) = &cli.user {
+        let request = identity::Request {
+            user: user.clone(),
+            ids: cli.user_ids,
+            own: cli.own.clone(),
+        };
+        match identity::adopt(&request) {
+            Ok(0) => {}
+            Ok(n) => envd_supervisor::info!("{user} took its ids; {n} files changed owner"),
+            Err(e) => {
+                eprintln!("envd-init: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

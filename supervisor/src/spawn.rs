@@ -67,7 +67,7 @@ pub fn resolve_user(user: &str) -> Result<Identity, String> {
 /// The identity envd-init itself runs as.
 pub fn current_identity() -> Identity {
     let uid = nix::unistd::getuid();
-    let user = User::from_uid(uid).ok().flatten();
+    let user = crate::identity::current_user();
     Identity {
         uid,
         gid: nix::unistd::getgid(),

@@ -94,7 +94,8 @@ fn dev_image_with_apt_and_pip_packages_builds_and_runs() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let user = docker(&["exec", &id, "id", "-un"]);
+    // envd-init starts as root and drops to the image's user for good.
+    let user = docker(&["exec", &id, "ps", "-o", "user=", "-p", "1"]);
     let _ = docker(&["rm", "-f", &id]);
     assert!(
         status.contains("\"sshd\"") && status.contains("\"healthy\""),

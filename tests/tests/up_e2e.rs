@@ -284,7 +284,13 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     // down: no container, no SSH entry, ssh no longer resolves the host.
     let o = envd(&["down", "--name", name]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eup$", "-q"]));
+    let o = run(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        "label=ai.tensorchord.envd.name=e2eup",
+        "-q",
+    ]));
     assert!(o.stdout.is_empty(), "container left behind");
     assert!(
         !ssh_config_text().contains("e2eup.envd"),
@@ -320,7 +326,13 @@ fn a_port_in_use_is_named() {
         log.contains(&format!("cannot publish port {port}: it is in use")),
         "{log}"
     );
-    let o = run(Command::new("docker").args(["ps", "-a", "--filter", "name=^e2eport$", "-q"]));
+    let o = run(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        "label=ai.tensorchord.envd.name=e2eport",
+        "-q",
+    ]));
     assert!(o.stdout.is_empty(), "a failed up leaves no container");
 }
 

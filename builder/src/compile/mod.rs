@@ -38,10 +38,6 @@ pub const LABEL_RUNTIME: &str = "ai.tensorchord.envd.graph.runtime";
 pub struct Context {
     /// The environment's name (prompt, labels).
     pub env_name: String,
-    /// uid and gid of the `envd` user (the host user's, so bind mounts are writable).
-    pub uid: u32,
-    /// See `uid`.
-    pub gid: u32,
     /// A local image holding `/envd-init` and `/envd-sshd` (dev images only).
     pub runtime_image: Option<String>,
     /// Hash of the program and everything else that decides the image.
@@ -49,8 +45,6 @@ pub struct Context {
     /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
     /// (as in CI here) trust its CA, the base image does not.
     pub host_ca: Option<Vec<u8>>,
-    /// The user's public key, installed as the environment's `authorized_keys` (dev images).
-    pub authorized_key: Option<String>,
     /// The local image carrying the build context's files ([`crate::context`]), when the
     /// program reads any.
     pub context_image: Option<String>,
@@ -59,8 +53,21 @@ pub struct Context {
     pub workdir_name: String,
 }
 
-/// envd-sshd's `authorized_keys` in a dev image.
+/// envd-sshd's `authorized_keys`: not in the image (one image serves every host user), but
+/// the host user's public key, mounted there read-only by `envd up`.
 pub const AUTHORIZED_KEYS: &str = "/var/envd/authorized_keys";
+
+/// The `envd` user's uid and gid in every dev image. The host user's own ids are given to it at
+/// start by envd-init (`envd_supervisor::identity`), so the image and its cache do not depend on
+/// who builds it.
+pub const USER_IDS: (u32, u32) = (
+    envd_supervisor::identity::IMAGE_UID,
+    envd_supervisor::identity::IMAGE_UID,
+);
+
+/// Home directories' caches (pip, Hugging Face, ...): a named volume per environment, so they
+/// survive `envd down` (`envd up` mounts it; the image has the directory, owned by the user).
+pub const CACHE_DIR: &str = "/home/envd/.cache";
 
 /// Where the host's CA bundle goes in the image.
 pub const HOST_CA: &str = "/etc/envd/host-ca.crt";
@@ -146,7 +153,7 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
         files.push((
             "jupyter".to_string(),
             format!(
-                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{prefix}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{prefix}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.allow_root=True --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
             ),
         ));
     }
@@ -206,7 +213,7 @@ fn python_version(g: &Graph) -> Option<String> {
 }
 
 /// The image the build starts from (`install.cuda` picks a CUDA image, as envd does).
-fn base_image(g: &Graph) -> String {
+pub fn base_image(g: &Graph) -> String {
     match &g.cuda {
         Some(c) if !g.image.contains("nvidia/cuda") => toolchains::cuda_image(&c.version, &c.cudnn),
         _ => g.image.clone(),
@@ -227,7 +234,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     check_supported(g)?;
     let mut llb = Llb::default();
     let mut s = llb.image(&base_image(g));
-    let owner = Some((ctx.uid, ctx.gid));
+    let owner = Some(USER_IDS);
     let py = python_prefix(g);
     let has_python = py.is_some();
     let conda = toolchains::has_conda(g);
@@ -303,12 +310,14 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     };
     if g.dev {
         let script = format!(
-            "set -e; getent group {gid} >/dev/null || groupadd -g {gid} envd; \
+            "set -e; other=$(getent passwd {uid} | cut -d: -f1); \
+             if [ -n \"$other\" ] && [ \"$other\" != envd ]; then userdel \"$other\"; fi; \
+             getent group {gid} >/dev/null || groupadd -g {gid} envd; \
              id -u envd >/dev/null 2>&1 || useradd -m -d {HOME} -u {uid} -g {gid} -s {shell_path} envd; \
              mkdir -p /etc/sudoers.d && echo 'envd ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/envd && chmod 0440 /etc/sudoers.d/envd; \
-             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd",
-            uid = ctx.uid,
-            gid = ctx.gid
+             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} {CACHE_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd {CACHE_DIR}",
+            uid = USER_IDS.0,
+            gid = USER_IDS.1
         );
         s = llb.run(&s, sh(&script), vec![], "", &[], "create the envd user");
     }
@@ -348,6 +357,8 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         });
     }
 
+    // Toolchains the user installs are group-writable (umask 002): at start the user may have
+    // another uid and keeps the image's gid as a group (see `USER_IDS`).
     let run_step = |llb: &mut Llb, s: &State, st: toolchains::Step, binds: &[Bind]| {
         let mut env = vec![path_env.clone()];
         env.extend(ca_env.iter().cloned());
@@ -359,7 +370,15 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         }
         llb.run_with_binds(
             s,
-            vec!["/bin/bash".into(), "-c".into(), st.script],
+            vec![
+                "/bin/bash".into(),
+                "-c".into(),
+                if st.as_user {
+                    format!("umask 002\n{}", st.script)
+                } else {
+                    st.script
+                },
+            ],
             env,
             if st.as_user && g.dev { "envd" } else { "" },
             &st.caches,
@@ -370,7 +389,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
 
     if conda {
         let v = python_version(g).unwrap_or_else(|| "3.11".into());
-        for st in toolchains::conda_steps(g, &v, (ctx.uid, ctx.gid)) {
+        for st in toolchains::conda_steps(g, &v, USER_IDS) {
             s = run_step(&mut llb, &s, st, &context_binds);
         }
     }
@@ -439,10 +458,10 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         };
         let install = installs.join(" && ");
         let script = format!(
-            "set -e; {check}{create}{install}{}chown -R {}:{} {prefix}",
+            "set -e; {check}{create}{install}{}chown -R {}:{} {prefix} && chmod -R g+w {prefix}",
             if install.is_empty() { "" } else { "; " },
-            ctx.uid,
-            ctx.gid
+            USER_IDS.0,
+            USER_IDS.1
         );
         let mut env_all = vec![path_env.clone()];
         env_all.extend(ca_env.iter().cloned());
@@ -538,15 +557,6 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             Some(0o755),
             None,
         );
-        if let Some(key) = &ctx.authorized_key {
-            s = llb.mkfile(
-                &s,
-                AUTHORIZED_KEYS,
-                format!("{}\n", key.trim()).as_bytes(),
-                0o600,
-                owner,
-            );
-        }
         for (name, text) in service_files(g, shell_path) {
             s = llb.mkfile(
                 &s,
@@ -685,8 +695,13 @@ fn image_config(
     }
     let (entrypoint, user, workdir) = if g.dev {
         (
-            vec!["/usr/local/bin/envd-init".to_string()],
-            "envd".to_string(),
+            // envd-init starts as root to give `envd` the host user's ids, then drops to it.
+            vec![
+                "/usr/local/bin/envd-init".to_string(),
+                "--user".to_string(),
+                "envd".to_string(),
+            ],
+            "root".to_string(),
             HOME.to_string(),
         )
     } else {
@@ -722,12 +737,9 @@ mod tests {
     fn ctx() -> Context {
         Context {
             env_name: "demo".into(),
-            uid: 1000,
-            gid: 1000,
             runtime_image: Some("envd-rs/runtime:test".into()),
             program_hash: "abc".into(),
             host_ca: None,
-            authorized_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey envd".into()),
             context_image: Some("envd-rs/context:test".into()),
             workdir_name: "demo".into(),
         }
@@ -747,13 +759,17 @@ mod tests {
             "mkfile /etc/envd/services/jupyter.toml",
             "mkfile /etc/envd/services/daemon_0.toml",
             "mkfile /home/envd/.bashrc",
-            "mkfile /var/envd/authorized_keys",
         ] {
             assert!(text.contains(needle), "{needle} missing:\n{text}");
         }
         let cfg: serde_json::Value = serde_json::from_slice(&c.config).unwrap();
         assert_eq!(cfg["config"]["Entrypoint"][0], "/usr/local/bin/envd-init");
-        assert_eq!(cfg["config"]["User"], "envd");
+        // envd-init starts as root and drops to envd (see envd_supervisor::identity).
+        assert_eq!(cfg["config"]["User"], "root");
+        assert_eq!(cfg["config"]["Entrypoint"][2], "envd");
+        // No user's key and no user's ids in the image: one image serves every host user.
+        assert!(!text.contains("authorized_keys"), "{text}");
+        assert!(text.contains("chown 1000:1000"), "{text}");
         assert_eq!(cfg["config"]["Labels"][LABEL_DIGEST], "abc");
         // Every generated service file is valid for envd-init.
         std::env::set_var("ENVD_WORKDIR", "/home/envd");

@@ -197,7 +197,10 @@ pub fn conda_steps(g: &Graph, python_version: &str, owner: (u32, u32)) -> Vec<St
     }
     steps.push(step(
         "hand conda to the envd user",
-        format!("chown -R {}:{} {CONDA_ROOT}", owner.0, owner.1),
+        format!(
+            "chown -R {}:{} {CONDA_ROOT} && chmod -R g+w {CONDA_ROOT}",
+            owner.0, owner.1
+        ),
     ));
     steps
 }

@@ -50,7 +50,7 @@ pub async fn image_id(docker: &Docker, tag: &str) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
-/// Runs `cmd` in the container (as its default user) and collects exit code, stdout and stderr.
+/// Runs `cmd` in the container (as the environment's user) and collects exit code, stdout and stderr.
 pub async fn exec_capture(
     docker: &Docker,
     id: &str,
@@ -65,6 +65,7 @@ pub async fn exec_capture(
                 attach_stderr: Some(true),
                 cmd: Some(cmd.to_vec()),
                 working_dir: workdir,
+                user: Some(super::USER),
                 ..Default::default()
             },
         )
@@ -117,6 +118,7 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
                 }),
                 cmd: Some(cmd),
                 working_dir: Some(env.workdir.clone()),
+                user: Some(super::USER.to_string()),
                 ..Default::default()
             },
         )
@@ -416,6 +418,20 @@ pub async fn describe(name: &str) -> anyhow::Result<()> {
             e.service, e.host_ip, e.host_port, e.container_port
         );
     }
+    let volumes = super::volumes::list(&docker, &env.name, true).await?;
+    if !volumes.is_empty() {
+        println!("volumes (kept by envd down; envd down --volumes removes them):");
+        for v in &volumes {
+            println!(
+                "  {:<28} {:<24} {}",
+                v.name,
+                v.path,
+                v.size
+                    .map(super::volumes::human_size)
+                    .unwrap_or_else(|| "?".into())
+            );
+        }
+    }
     if !env.commands.is_empty() {
         println!("commands (envd exec --name {} --command NAME):", env.name);
         for (k, v) in &env.commands {
@@ -498,17 +514,19 @@ pub async fn logs(
     Ok(())
 }
 
-/// `envd down`: removes the container and its SSH entry.
-pub async fn down(name: &str) -> anyhow::Result<()> {
+/// `envd down`: removes the container and its SSH entry, and with `volumes` its named volumes.
+/// Returns the names of the volumes kept.
+pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
     let docker = super::docker().await?;
     let env = match super::find(&docker, name).await {
         Ok(env) => env,
         Err(e) => {
-            // A leftover entry of a container removed by other means still goes.
-            if ssh::has_entry(name) {
+            // A leftover entry or volumes of a container removed by other means still go.
+            let left = super::volumes::list(&docker, name, false).await?;
+            if ssh::has_entry(name) || (volumes && !left.is_empty()) {
                 ssh::remove_environment(name)?;
                 println!("{name}: no container; removed its SSH entry");
-                return Ok(());
+                return finish_volumes(&docker, name, volumes).await;
             }
             return Err(e);
         }
@@ -537,5 +555,20 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
         .await
         .context("cannot remove the container")?;
     ssh::remove_environment(name)?;
-    Ok(())
+    finish_volumes(&docker, name, volumes).await
+}
+
+/// Removes the volumes (`remove`) or names the ones kept.
+async fn finish_volumes(docker: &Docker, name: &str, remove: bool) -> anyhow::Result<Vec<String>> {
+    if remove {
+        for v in super::volumes::remove_all(docker, name).await? {
+            println!("removed the volume {v}");
+        }
+        return Ok(Vec::new());
+    }
+    Ok(super::volumes::list(docker, name, false)
+        .await?
+        .into_iter()
+        .map(|v| v.name)
+        .collect())
 }

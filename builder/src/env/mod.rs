@@ -1,7 +1,9 @@
 //! Running environments: `envd up`, `ls`, `describe`, `logs`, `exec`, `down`.
 //!
-//! An environment is one container named after it, labelled [`LABEL_NAME`], whose PID 1 is
-//! `envd-init`. Everything the host needs later (ports, tokens, the build context) is read back
+//! An environment is one container labelled [`LABEL_NAME`] and [`LABEL_OWNER`] (the host user
+//! who brought it up) and named [`container_name`], whose PID 1 is `envd-init`. Each host user
+//! sees and acts on their own environments only, so two users can run the same project side by
+//! side. Everything the host needs later (ports, tokens, the build context) is read back
 //! from the container itself, so there is no state file to drift out of date; the SSH entry and
 //! pinned host key live in the user's envd config directory ([`ssh`]).
 
@@ -9,6 +11,7 @@ pub mod commands;
 pub mod health;
 pub mod ssh;
 pub mod up;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,6 +24,10 @@ use crate::graph::Runtime;
 
 /// Label carrying the environment's name.
 pub const LABEL_NAME: &str = "ai.tensorchord.envd.name";
+/// Label carrying the uid of the host user who brought the environment up.
+pub const LABEL_OWNER: &str = "ai.tensorchord.envd.owner";
+/// The account the environment's shells, services and `envd exec` run as.
+pub const USER: &str = "envd";
 /// Label carrying the build context's host path.
 pub const LABEL_CONTEXT: &str = "ai.tensorchord.envd.context";
 /// Port of envd-init's token-protected gRPC API inside the container.
@@ -29,6 +36,23 @@ pub const API_PORT: u16 = 2224;
 pub const ENV_API_TOKEN: &str = "ENVD_API_TOKEN";
 /// Environment variable holding Jupyter's token (read by the jupyter service).
 pub const ENV_JUPYTER_TOKEN: &str = "ENVD_JUPYTER_TOKEN";
+
+/// The host user acting: their uid (labels) and login name (container names).
+pub fn owner() -> (u32, String) {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    (uid.as_raw(), name)
+}
+
+/// The Docker container of this user's environment `name`: `NAME.USER`, so the same project
+/// brought up by two host users gives two containers.
+pub fn container_name(name: &str) -> String {
+    format!("{name}.{}", owner().1)
+}
 
 /// Connects to the Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`) and agrees on an API
 /// version, so an older engine (Debian's 20.10 speaks 1.41) is spoken to in its own version.
@@ -200,13 +224,22 @@ pub async fn find(docker: &Docker, name: &str) -> anyhow::Result<Environment> {
     }
 }
 
-/// Looks an environment up by name.
+/// Looks this user's environment up by name.
 pub async fn lookup(docker: &Docker, name: &str) -> anyhow::Result<Option<Environment>> {
+    let uid = owner().0.to_string();
     match docker
-        .inspect_container(name, None::<InspectContainerOptions>)
+        .inspect_container(&container_name(name), None::<InspectContainerOptions>)
         .await
     {
-        Ok(c) => Ok(from_inspect(c).filter(|e| e.name == name)),
+        Ok(c) => {
+            let labels = c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default();
+            let mine = labels.get(LABEL_OWNER) == Some(&uid);
+            Ok(from_inspect(c).filter(|e| e.name == name && mine))
+        }
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(None),
@@ -214,9 +247,15 @@ pub async fn lookup(docker: &Docker, name: &str) -> anyhow::Result<Option<Enviro
     }
 }
 
-/// Every environment on this engine, running or not, sorted by name.
+/// Every environment of this user on this engine, running or not, sorted by name.
 pub async fn list(docker: &Docker) -> anyhow::Result<Vec<Environment>> {
-    let filters = HashMap::from([("label".to_string(), vec![LABEL_NAME.to_string()])]);
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            LABEL_NAME.to_string(),
+            format!("{LABEL_OWNER}={}", owner().0),
+        ],
+    )]);
     let summaries = docker
         .list_containers(Some(ListContainersOptions {
             all: true,

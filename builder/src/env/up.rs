@@ -14,11 +14,12 @@ use envd_supervisor::proto::supervisor::ServiceStatus;
 
 use super::health::{self, NotReady, Ready};
 use super::{
-    ssh, Environment, API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, LABEL_CONTEXT, LABEL_NAME,
+    container_name, owner, ssh, volumes, Environment, API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN,
+    LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER,
 };
 use crate::build::{self, Options};
 use crate::buildkit::solve::Progress;
-use crate::compile::{HOME, JUPYTER_PORT, SSH_PORT};
+use crate::compile::{AUTHORIZED_KEYS, HOME, JUPYTER_PORT, SSH_PORT};
 use crate::graph::Graph;
 
 /// What to bring up.
@@ -93,6 +94,44 @@ pub fn parse_volume(v: &str) -> anyhow::Result<String> {
     })
 }
 
+/// A path inside the environment: `~` is the user's home.
+pub fn envd_path(p: &str) -> String {
+    match p.strip_prefix('~') {
+        Some("") => HOME.to_string(),
+        Some(rest) if rest.starts_with('/') => format!("{HOME}{rest}"),
+        _ => p.to_string(),
+    }
+}
+
+/// The uid and gid the environment's user takes at start: `config.owner(...)` when the build
+/// file sets it, else the host user's, so the project mounted from the host is writable inside
+/// and what is made inside belongs to the host user.
+pub fn user_ids(graph: &Graph) -> (u32, u32) {
+    match graph.config.owner {
+        Some((uid, gid)) => (uid as u32, gid as u32),
+        None => (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    }
+}
+
+/// Whether a port on 127.0.0.1 is free now.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Jupyter's host port: the build file's choice, or envd's 8888 unless something (another
+/// user's environment, say) has it, then a free one.
+fn jupyter_host_port(j: &crate::graph::Jupyter) -> u16 {
+    let port = j.port as u16;
+    if !j.port_given && !port_free(port) {
+        0
+    } else {
+        port
+    }
+}
+
 fn binding(ip: &str, port: u16) -> Option<Vec<PortBinding>> {
     Some(vec![PortBinding {
         host_ip: Some(ip.to_string()),
@@ -105,13 +144,14 @@ fn binding(ip: &str, port: u16) -> Option<Vec<PortBinding>> {
     }])
 }
 
-/// The container's definition.
+/// The container's definition. `named` are the environment's volumes: `(Docker name, path)`.
 fn container_body(
     name: &str,
     image: &str,
     context: &Path,
     graph: &Graph,
     volumes: &[String],
+    named: &[(String, String)],
 ) -> anyhow::Result<ContainerCreateBody> {
     // The same directory name the compiler gives `run(mount_host=True)` steps.
     let workdir = format!("{HOME}/{}", build::workdir_name(context));
@@ -131,7 +171,7 @@ fn container_body(
         env.push(format!("{ENV_JUPYTER_TOKEN}={token}"));
         ports.insert(
             format!("{JUPYTER_PORT}/tcp"),
-            binding("127.0.0.1", j.port as u16),
+            binding("127.0.0.1", jupyter_host_port(j)),
         );
     }
     for e in &graph.runtime.expose {
@@ -145,8 +185,12 @@ fn container_body(
             binding(ip, e.host_port.max(0) as u16),
         );
     }
-    let mut binds = vec![format!("{}:{workdir}", context.display())];
-    for m in &graph.runtime.mounts {
+    let public_key = ssh::key_path().with_extension("pub");
+    let mut binds = vec![
+        format!("{}:{workdir}", context.display()),
+        format!("{}:{AUTHORIZED_KEYS}:ro", public_key.display()),
+    ];
+    for m in graph.runtime.mounts.iter().filter(|m| m.volume.is_empty()) {
         let host = host_path(context, &m.host_path);
         if !host.exists() {
             bail!(
@@ -155,9 +199,18 @@ fn container_body(
                 host.display()
             );
         }
-        binds.push(format!("{}:{}", host.display(), m.envd_path));
+        binds.push(format!("{}:{}", host.display(), envd_path(&m.envd_path)));
     }
+    binds.extend(named.iter().map(|(v, path)| format!("{v}:{path}")));
     binds.extend(volumes.iter().cloned());
+    // envd-init gives the user the host user's ids and the named volumes (see
+    // envd_supervisor::identity), then serves its API.
+    let (uid, gid) = user_ids(graph);
+    let mut cmd = vec!["--user-ids".to_string(), format!("{uid}:{gid}")];
+    for (_, path) in named {
+        cmd.extend(["--own".to_string(), path.clone()]);
+    }
+    cmd.extend(["--api-listen".to_string(), format!("0.0.0.0:{API_PORT}")]);
     let device_requests = graph.config.gpu.filter(|n| *n != 0).map(|n| {
         vec![DeviceRequest {
             driver: Some("nvidia".into()),
@@ -169,12 +222,13 @@ fn container_body(
     Ok(ContainerCreateBody {
         image: Some(image.to_string()),
         hostname: Some(name.to_string()),
-        cmd: Some(vec!["--api-listen".into(), format!("0.0.0.0:{API_PORT}")]),
+        cmd: Some(cmd),
         env: Some(env),
         working_dir: Some(workdir),
         labels: Some(HashMap::from([
             (LABEL_NAME.to_string(), name.to_string()),
             (LABEL_CONTEXT.to_string(), context.display().to_string()),
+            (LABEL_OWNER.to_string(), owner().0.to_string()),
         ])),
         exposed_ports: Some(ports.keys().cloned().collect()),
         host_config: Some(HostConfig {
@@ -239,14 +293,16 @@ pub async fn up(
         bail!("envd up needs a development image: base(..., dev=True) in build.envd");
     }
     let image_id = super::commands::image_id(&docker, &outcome.tag).await?;
+    let container = container_name(name);
 
     // Keep a running container of the current image; replace anything else of ours.
     let mut reused = false;
-    if let Some(c) = super::commands::container_info(&docker, name).await? {
-        let ours = c.labels.get(LABEL_NAME).map(String::as_str) == Some(name);
+    if let Some(c) = super::commands::container_info(&docker, &container).await? {
+        let ours = c.labels.get(LABEL_NAME).map(String::as_str) == Some(name)
+            && c.labels.get(LABEL_OWNER) == Some(&owner().0.to_string());
         if !ours {
             bail!(
-                "a container named {name:?} exists and is not an envd environment; remove it or use --name"
+                "a container named {container:?} exists and is not your envd environment {name:?}; remove it or use --name"
             );
         }
         if c.running && c.image_id == image_id && !opts.recreate {
@@ -254,7 +310,7 @@ pub async fn up(
         } else {
             docker
                 .remove_container(
-                    name,
+                    &container,
                     Some(RemoveContainerOptions {
                         force: true,
                         ..Default::default()
@@ -266,21 +322,34 @@ pub async fn up(
     }
     let started = Instant::now();
     if !reused {
-        let body = container_body(name, &outcome.tag, &context, &outcome.graph, &opts.volumes)?;
+        // The key envd-sshd accepts is mounted from here, never baked into the image.
+        ssh::ensure_user_key()?;
+        let mut named = Vec::new();
+        for (key, path) in volumes::wanted(&outcome.graph) {
+            named.push((volumes::ensure(&docker, name, &key, &path).await?, path));
+        }
+        let body = container_body(
+            name,
+            &outcome.tag,
+            &context,
+            &outcome.graph,
+            &opts.volumes,
+            &named,
+        )?;
         docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: Some(name.to_string()),
+                    name: Some(container.clone()),
                     ..Default::default()
                 }),
                 body,
             )
             .await
             .context("cannot create the container")?;
-        if let Err(e) = docker.start_container(name, None).await {
+        if let Err(e) = docker.start_container(&container, None).await {
             let _ = docker
                 .remove_container(
-                    name,
+                    &container,
                     Some(RemoveContainerOptions {
                         force: true,
                         ..Default::default()
@@ -342,6 +411,14 @@ mod tests {
         let e = parse_volume("/no/such/dir:/x").unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
         assert!(parse_volume("/tmp").is_err());
+    }
+
+    #[test]
+    fn paths_inside_expand_the_home() {
+        assert_eq!(envd_path("~/.codex"), "/home/envd/.codex");
+        assert_eq!(envd_path("~"), "/home/envd");
+        assert_eq!(envd_path("/data"), "/data");
+        assert_eq!(envd_path("~other/x"), "~other/x");
     }
 
     #[test]

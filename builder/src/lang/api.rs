@@ -40,8 +40,16 @@ pub fn universe(builder: &mut GlobalsBuilder) {
         #[starlark(default = false)] dev: bool,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
+        let at = eval
+            .call_stack_top_location()
+            .map(|l| {
+                let r = l.resolve();
+                format!("{}:{}", r.file, r.span.begin.line + 1)
+            })
+            .unwrap_or_default();
         let mut g = recorder(eval)?.graph.borrow_mut();
         g.image = image.to_string();
+        g.image_at = at;
         g.dev = dev;
         Ok(NoneType)
     }
@@ -309,15 +317,18 @@ pub fn config(builder: &mut GlobalsBuilder) {
 
     fn jupyter(
         #[starlark(default = "")] token: &str,
-        #[starlark(default = 8888)] port: i32,
+        port: Option<i32>,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
+        let port_given = port.is_some();
+        let port = port.unwrap_or(8888);
         if !(0..=65535).contains(&port) {
             anyhow::bail!("config.jupyter(port={port}): not a port number");
         }
         recorder(eval)?.graph.borrow_mut().config.jupyter = Some(Jupyter {
             token: token.to_string(),
             port,
+            port_given,
         });
         Ok(NoneType)
     }
@@ -498,7 +509,16 @@ pub fn runtime(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
-    fn mount(host_path: &str, envd_path: &str, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+    /// `runtime.mount(host_path=..., envd_path=...)` bind-mounts a host path;
+    /// `runtime.mount(volume=NAME, envd_path=...)` mounts a named volume of the environment's,
+    /// which outlives `envd down` (envd-rs's addition).
+    fn mount(
+        #[starlark(default = "")] host_path: &str,
+        #[starlark(default = "")] envd_path: &str,
+        #[starlark(default = "")] volume: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<NoneType> {
+        check_mount(host_path, envd_path, volume)?;
         recorder(eval)?
             .graph
             .borrow_mut()
@@ -507,9 +527,32 @@ pub fn runtime(builder: &mut GlobalsBuilder) {
             .push(Mount {
                 host_path: host_path.to_string(),
                 envd_path: envd_path.to_string(),
+                volume: volume.to_string(),
             });
         Ok(NoneType)
     }
+}
+
+/// A mount has a host path or a volume name (a Docker volume name's characters), and an absolute
+/// path inside.
+fn check_mount(host_path: &str, envd_path: &str, volume: &str) -> anyhow::Result<()> {
+    let call = format!(
+        "runtime.mount(host_path={host_path:?}, envd_path={envd_path:?}, volume={volume:?})"
+    );
+    if host_path.is_empty() == volume.is_empty() {
+        anyhow::bail!("{call}: give host_path (a host directory) or volume (a named volume), not both or neither");
+    }
+    if !(envd_path.starts_with('/') || envd_path == "~" || envd_path.starts_with("~/")) {
+        anyhow::bail!("{call}: envd_path must be absolute (or start with ~/, the user's home)");
+    }
+    let valid_volume = volume
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !volume.starts_with(['.', '-']);
+    if !valid_volume {
+        anyhow::bail!("{call}: a volume name has letters, digits, '_', '.' and '-' only");
+    }
+    Ok(())
 }
 
 /// `data.*`: envd-managed data sources.

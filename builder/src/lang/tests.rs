@@ -77,12 +77,9 @@ fn every_corpus_file_compiles_unless_it_needs_what_is_missing() {
                 &graph,
                 &crate::compile::Context {
                     env_name: "corpus".into(),
-                    uid: 1000,
-                    gid: 1000,
                     runtime_image: Some("envd-rs/runtime:test".into()),
                     program_hash: "test".into(),
                     host_ca: None,
-                    authorized_key: None,
                     context_image: (!c.is_empty()).then(|| c.image()),
                     workdir_name: "corpus".into(),
                 },
