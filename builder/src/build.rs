@@ -228,8 +228,9 @@ async fn base_image_error(socket: &Path, graph: &Graph, e: anyhow::Error) -> any
     } else {
         format!("base(image={:?}) at {}", graph.image, graph.image_at)
     };
-    let have = docker::local_image_tags(socket).await.unwrap_or_default();
-    let suggestion = match have.iter().find(|t| !t.starts_with("envd-rs/")) {
+    let mut have = docker::local_image_tags(socket).await.unwrap_or_default();
+    have.retain(|t| !t.starts_with("envd-rs/"));
+    let suggestion = match have.first() {
         Some(t) => format!("base(image={t:?}, dev=True)"),
         None => "base(image=...) with an image you have pulled or imported".to_string(),
     };

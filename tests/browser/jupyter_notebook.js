@@ -1,11 +1,11 @@
 // Creates a notebook in JupyterLab the way a user does, in real Chromium: the launcher's
-// Python tile, a typed cell, Ctrl+S. Prints the saved notebook's path (relative to the server's
-// root) on success; exits 1 with a screenshot and the page's text otherwise.
-//   node jupyter_notebook.js LAB_URL TEXT SCREENSHOT.png
+// Python tile, a typed cell, Ctrl+S, a name in the rename dialog. Prints the saved notebook's
+// name on success; exits 1 with a screenshot and the page's text otherwise.
+//   node jupyter_notebook.js LAB_URL TEXT NAME.ipynb SCREENSHOT.png
 const { chromium } = require('playwright-core');
 
 async function main() {
-  const [url, text, shot] = process.argv.slice(2);
+  const [url, text, name, shot] = process.argv.slice(2);
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic',
@@ -20,11 +20,15 @@ async function main() {
     await editor.click({ timeout: 60000 });
     await page.keyboard.type(`print(${JSON.stringify(text)})`);
     await page.keyboard.press('Control+s');
-    // The tab's title is the file's name; the dirty mark goes once the server saved it.
-    const tab = page.locator('.jp-mod-current .lm-TabBar-tabLabel, li.lm-mod-current .lm-TabBar-tabLabel').first();
-    await page.waitForFunction(
-      () => !document.querySelector('li.lm-mod-current.jp-mod-dirty'), null, { timeout: 30000 });
-    const name = (await tab.textContent()).trim();
+    // JupyterLab 4 asks for a name on an Untitled notebook's first save: give it one, as a
+    // user does.
+    const rename = page.getByRole('button', { name: 'Rename and Save' });
+    await rename.waitFor({ timeout: 15000 });
+    await page.locator('.jp-Dialog input[type="text"]').first().fill(name);
+    await rename.click();
+    // The tab takes the new name and loses its unsaved mark once the server saved it.
+    await page.locator('li.lm-TabBar-tab.lm-mod-current:not(.jp-mod-dirty)', { hasText: name })
+      .waitFor({ timeout: 30000 });
     await page.screenshot({ path: shot });
     console.log(name);
   } catch (e) {
