@@ -449,7 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None if cmd.is_empty() => vec![
                         "/bin/sh".into(),
                         "-c".into(),
-                        r#"s=$(getent passwd "$(id -u)" | cut -d: -f7); exec "${s:-/bin/sh}" -l"#
+                        r#"s=$(getent passwd "$USER" | cut -d: -f7); exec "${s:-/bin/sh}" -l"#
                             .into(),
                     ],
                     None => cmd,

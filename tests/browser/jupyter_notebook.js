@@ -26,9 +26,18 @@ async function main() {
     await rename.waitFor({ timeout: 15000 });
     await page.locator('.jp-Dialog input[type="text"]').first().fill(name);
     await rename.click();
-    // The tab takes the new name and loses its unsaved mark once the server saved it.
-    await page.locator('li.lm-TabBar-tab.lm-mod-current:not(.jp-mod-dirty)', { hasText: name })
-      .waitFor({ timeout: 30000 });
+    // Done when the server holds the typed text. The kernel's start can mark the notebook
+    // changed again (its metadata), so save once more while it does not.
+    const token = new URL(url).searchParams.get('token');
+    const api = new URL(`/api/contents/${encodeURIComponent(name)}?content=1&token=${token}`, url).href;
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      const r = await page.request.get(api);
+      if (r.ok() && (await r.text()).includes(text)) break;
+      if (Date.now() > deadline) throw new Error(`${name} on the server lacks the typed text`);
+      await page.waitForTimeout(1000);
+      await page.keyboard.press('Control+s');
+    }
     await page.screenshot({ path: shot });
     console.log(name);
   } catch (e) {

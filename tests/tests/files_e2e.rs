@@ -199,7 +199,7 @@ fn use_environment(user: &HostUser, dir: &Path, data: &Path, log: &str) {
         &host,
         "set -e; echo made > new.txt; echo second >> edit.txt; mv new.txt renamed.txt; rm gone.txt; \
          mkdir sub; touch sub/x; rm -r sub; echo inside > /data/inside.txt; \
-         git status --short >/dev/null && echo git-ok; \
+         git status --short >/dev/null && echo git-ok; sudo -n true && echo sudo-ok; \
          pip install -q --disable-pip-version-check --no-deps six==1.16.0 && python -c 'import six' && echo pip-ok; \
          mkdir -p ~/.ssh && chmod 700 ~/.ssh && touch ~/.ssh/config && ssh -G example.org >/dev/null && echo ssh-ok; \
          echo \"$USER $HOME $(id -u):$(id -g) $PWD\"",
@@ -211,7 +211,7 @@ fn use_environment(user: &HostUser, dir: &Path, data: &Path, log: &str) {
         user.name,
         output_text(&o)
     );
-    for word in ["git-ok", "pip-ok", "ssh-ok"] {
+    for word in ["git-ok", "sudo-ok", "pip-ok", "ssh-ok"] {
         assert!(
             out.contains(word),
             "{word} missing for {}:\n{}",
@@ -236,6 +236,78 @@ fn use_environment(user: &HostUser, dir: &Path, data: &Path, log: &str) {
         owner(&data.join("inside.txt")),
         ids,
         "a file made in the -v mount"
+    );
+
+    // envd exec: the same user, home and ownership as the SSH shell.
+    let o = user.envd(&[
+        "exec",
+        "--name",
+        NAME,
+        "--",
+        "sh",
+        "-c",
+        "touch made-by-exec; echo \"$USER $HOME $(id -u) $PWD\"",
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("envd /home/envd {} /home/envd/{NAME}", user.uid)
+    );
+    assert_eq!(owner(&dir.join("made-by-exec")), ids);
+
+    // Agent forwarding: a key held by this user's own ssh-agent is listed inside.
+    let agent_dir = tempfile::Builder::new().tempdir_in(&user.home).unwrap();
+    user.give(agent_dir.path());
+    let sock = agent_dir.path().join("agent.sock");
+    let key = agent_dir.path().join("id_agent");
+    let mut agent = user
+        .command("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .spawn()
+        .expect("ssh-agent");
+    let o = run(user
+        .command("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "agent-of-files-e2e",
+            "-f",
+        ])
+        .arg(&key));
+    assert!(o.status.success(), "{}", output_text(&o));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let with_agent = format!("SSH_AUTH_SOCK={}", sock.display());
+    let o = run(user.command("env").args([&with_agent, "ssh-add"]).arg(&key));
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o = run(user.command("env").args([
+        &with_agent,
+        "ssh",
+        "-A",
+        "-o",
+        "BatchMode=yes",
+        &host,
+        "ssh-add -l",
+    ]));
+    // SIGTERM, which runuser passes on to the agent (SIGKILL would leave the agent behind).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = agent.wait();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("agent-of-files-e2e"),
+        "{}'s forwarded agent is not listed inside: {}",
+        user.name,
+        output_text(&o)
     );
 
     // JupyterLab's REST API: a new notebook (what "new notebook" does) and a saved one.

@@ -50,6 +50,22 @@ pub async fn image_id(docker: &Docker, tag: &str) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
+/// The environment of an exec: the user's, and our `TERM` with a terminal. Docker derives
+/// `HOME` from the uid, which is root's when a root host user gave `envd` uid 0.
+fn exec_env(tty: bool) -> Vec<String> {
+    let user = super::USER;
+    let mut env = vec![
+        format!("USER={user}"),
+        format!("LOGNAME={user}"),
+        format!("HOME={}", crate::compile::HOME),
+    ];
+    if tty {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.push(format!("TERM={term}"));
+    }
+    env
+}
+
 /// Runs `cmd` in the container (as the environment's user) and collects exit code, stdout and stderr.
 pub async fn exec_capture(
     docker: &Docker,
@@ -57,12 +73,14 @@ pub async fn exec_capture(
     cmd: &[&str],
     workdir: Option<&str>,
 ) -> anyhow::Result<(i64, String, String)> {
+    let user_env = exec_env(false);
     let exec = docker
         .create_exec(
             id,
             CreateExecOptions {
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
+                env: Some(user_env.iter().map(String::as_str).collect()),
                 cmd: Some(cmd.to_vec()),
                 working_dir: workdir,
                 user: Some(super::USER),
@@ -112,10 +130,7 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 tty: Some(tty),
-                env: tty.then(|| {
-                    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-                    vec![format!("TERM={term}")]
-                }),
+                env: Some(exec_env(tty)),
                 cmd: Some(cmd),
                 working_dir: Some(env.workdir.clone()),
                 user: Some(super::USER.to_string()),
