@@ -24,7 +24,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::User;
 
 /// The uid and gid the environment's user has in every image envd builds.
 pub const IMAGE_UID: u32 = 1000;
@@ -248,8 +248,8 @@ fn become_user(user: &str) -> Result<(), String> {
     let cname = CString::new(user).map_err(|e| e.to_string())?;
     let groups = nix::unistd::getgrouplist(&cname, entry.gid).unwrap_or_else(|_| vec![entry.gid]);
     nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::setgid(Gid::from(entry.gid)).map_err(|e| format!("setgid: {e}"))?;
-    nix::unistd::setuid(Uid::from(entry.uid)).map_err(|e| format!("setuid: {e}"))?;
+    nix::unistd::setgid(entry.gid).map_err(|e| format!("setgid: {e}"))?;
+    nix::unistd::setuid(entry.uid).map_err(|e| format!("setuid: {e}"))?;
     std::env::set_var("USER", user);
     std::env::set_var("LOGNAME", user);
     std::env::set_var("HOME", &entry.dir);
