@@ -137,6 +137,8 @@ pub struct Config {
     pub jupyter: Option<Jupyter>,
     /// `config.conda_channel`.
     pub conda_channel: Option<String>,
+    /// `config.vscode_server(port)`.
+    pub vscode: Option<VsCodeServer>,
     /// `config.gpu(count)`.
     pub gpu: Option<i32>,
     /// `config.shm_size` in MB.
@@ -171,6 +173,16 @@ pub struct Jupyter {
     pub port: i32,
     /// Whether the build file chose `port`. envd's default (8888) gives way to a free port
     /// when another environment (another user's, say) has it; a chosen port never does.
+    pub port_given: bool,
+}
+
+/// `config.vscode_server`: VS Code in the browser, supervised as the service `vscode`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VsCodeServer {
+    /// Host port; 0 means a free one.
+    pub port: i32,
+    /// Whether the build file chose `port` (else 8080, which gives way to a free port when
+    /// taken, as Jupyter's default does).
     pub port_given: bool,
 }
 

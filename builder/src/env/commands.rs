@@ -274,8 +274,11 @@ pub fn endpoint_lines(env: &Environment) -> Vec<String> {
     if let Some(url) = env.jupyter_url() {
         lines.push(format!("jupyter:  {url}"));
     }
+    if let Some((url, password)) = env.vscode_url() {
+        lines.push(format!("vscode:   {url}  (password {password})"));
+    }
     for e in &env.endpoints {
-        if ["ssh", "jupyter", "api"].contains(&e.service.as_str()) {
+        if ["ssh", "jupyter", "api", "vscode"].contains(&e.service.as_str()) {
             continue;
         }
         lines.push(format!(
@@ -287,7 +290,7 @@ pub fn endpoint_lines(env: &Environment) -> Vec<String> {
         ));
     }
     lines.push(format!(
-        "vscode:   code --remote ssh-remote+{alias} {}",
+        "desktop:  code --remote ssh-remote+{alias} {}",
         env.workdir
     ));
     lines
@@ -309,6 +312,9 @@ pub struct Row {
     /// Jupyter's URL with its token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jupyter: Option<String>,
+    /// The VS Code server's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vscode: Option<String>,
 }
 
 /// A service in `envd ls`.
@@ -347,6 +353,7 @@ pub async fn rows() -> anyhow::Result<Vec<Row>> {
         rows.push(Row {
             ssh: format!("ssh {}", ssh::host_alias(&env.name)),
             jupyter: env.jupyter_url(),
+            vscode: env.vscode_url().map(|(url, _)| url),
             env,
             services,
             services_error,

@@ -19,6 +19,7 @@ use anyhow::{bail, Context as _};
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use bollard::Docker;
 
+use crate::compile::vscode::{ENV_VSCODE_PASSWORD, VSCODE_PORT};
 use crate::compile::{JUPYTER_PORT, LABEL_RUNTIME, SSH_PORT};
 use crate::graph::Runtime;
 
@@ -104,6 +105,9 @@ pub struct Environment {
     /// Jupyter's token.
     #[serde(skip)]
     pub jupyter_token: Option<String>,
+    /// The VS Code server's password.
+    #[serde(skip)]
+    pub vscode_password: Option<String>,
     /// `runtime.command` entries.
     pub commands: BTreeMap<String, String>,
 }
@@ -127,6 +131,16 @@ impl Environment {
         let port = self.port("jupyter")?;
         let token = self.jupyter_token.as_deref().unwrap_or("");
         Some(format!("http://127.0.0.1:{port}/lab?token={token}"))
+    }
+
+    /// The VS Code server's URL (the working directory opened) and its password.
+    pub fn vscode_url(&self) -> Option<(String, String)> {
+        let port = self.port("vscode")?;
+        let password = self.vscode_password.clone().unwrap_or_default();
+        Some((
+            format!("http://127.0.0.1:{port}/?folder={}", self.workdir),
+            password,
+        ))
     }
 
     /// Whether Docker says it runs.
@@ -153,6 +167,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
         (SSH_PORT, "ssh".to_string()),
         (JUPYTER_PORT, "jupyter".to_string()),
         (API_PORT, "api".to_string()),
+        (VSCODE_PORT, "vscode".to_string()),
     ]);
     if let Some(rt) = &runtime {
         for e in &rt.expose {
@@ -201,6 +216,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
         endpoints,
         api_token: env_value(&env, ENV_API_TOKEN),
         jupyter_token: env_value(&env, ENV_JUPYTER_TOKEN),
+        vscode_password: env_value(&env, ENV_VSCODE_PASSWORD),
         commands: runtime.map(|r| r.commands).unwrap_or_default(),
     })
 }

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::build::{self, Options};
 use crate::buildkit::solve::Progress;
+use crate::compile::vscode::{ENV_VSCODE_PASSWORD, VSCODE_PORT};
 use crate::compile::{AUTHORIZED_KEYS, HOME, JUPYTER_PORT, SSH_PORT};
 use crate::graph::Graph;
 
@@ -121,11 +122,11 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Jupyter's host port: the build file's choice, or envd's 8888 unless something (another
-/// user's environment, say) has it, then a free one.
-fn jupyter_host_port(j: &crate::graph::Jupyter) -> u16 {
-    let port = j.port as u16;
-    if !j.port_given && !port_free(port) {
+/// A host port: the build file's choice, or the default (Jupyter's 8888, VS Code's 8080)
+/// unless something (another user's environment, say) has it, then a free one.
+fn host_port(port: i32, port_given: bool) -> u16 {
+    let port = port as u16;
+    if !port_given && !port_free(port) {
         0
     } else {
         port
@@ -171,7 +172,14 @@ fn container_body(
         env.push(format!("{ENV_JUPYTER_TOKEN}={token}"));
         ports.insert(
             format!("{JUPYTER_PORT}/tcp"),
-            binding("127.0.0.1", jupyter_host_port(j)),
+            binding("127.0.0.1", host_port(j.port, j.port_given)),
+        );
+    }
+    if let Some(v) = &graph.config.vscode {
+        env.push(format!("{ENV_VSCODE_PASSWORD}={}", random_token()?));
+        ports.insert(
+            format!("{VSCODE_PORT}/tcp"),
+            binding("127.0.0.1", host_port(v.port, v.port_given)),
         );
     }
     for e in &graph.runtime.expose {

@@ -13,7 +13,7 @@ use starlark::values::Value;
 
 use super::Recorder;
 use crate::graph::{
-    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex,
+    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex, VsCodeServer,
     RunStep,
 };
 
@@ -330,6 +330,18 @@ pub fn config(builder: &mut GlobalsBuilder) {
             port,
             port_given,
         });
+        Ok(NoneType)
+    }
+
+    /// VS Code in the browser (code-server) as the service `vscode`, published on 127.0.0.1
+    /// (`port`: the host port, 0 = a free one; default 8080) with a fresh password per container.
+    fn vscode_server(port: Option<i32>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
+        let port_given = port.is_some();
+        let port = port.unwrap_or(8080);
+        if !(0..=65535).contains(&port) {
+            anyhow::bail!("config.vscode_server(port={port}): not a port number");
+        }
+        recorder(eval)?.graph.borrow_mut().config.vscode = Some(VsCodeServer { port, port_given });
         Ok(NoneType)
     }
 

@@ -1,0 +1,173 @@
+//! VS Code in the environment, end to end on a real Docker engine: `config.vscode_server()`
+//! builds code-server from the npm registry into the image, envd-init supervises it as the
+//! service `vscode`, and real Chromium (playwright-core) logs in with the password `envd up`
+//! printed, opens a file of the project, edits and saves it (seen on the host), and runs a
+//! command in the integrated terminal (as `envd`, in the working directory, with the
+//! environment's Python). The same workbench through an `ssh -L` tunnel to the unpublished inner
+//! port; requests without the password get the login page; a killed server is restarted.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use envd_e2e::{envd, output_text, require_docker, workspace_root};
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Removes the environment even when an assertion fails half-way.
+struct Down(&'static str);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = envd(&["down", "--name", self.0, "--volumes"]);
+    }
+}
+
+const NAME: &str = "e2evscode";
+
+const PROGRAM: &str = r#"# syntax=v1
+def build():
+    base(image="debian:bookworm", dev=True)
+    install.python()
+    # A free host port: the test must not collide with an environment the machine runs.
+    config.vscode_server(port=0)
+"#;
+
+/// Runs the browser driver; returns its stdout, failing the test with its output otherwise.
+fn workbench(url: &str, password: &str, append: &str, shot: &str, command: Option<&str>) -> String {
+    let driver = workspace_root().join("target/peers/browser/node_modules");
+    assert!(
+        driver.join("playwright-core").exists(),
+        "{} missing: scripts/test installs playwright-core (ensure_browser_driver)",
+        driver.display()
+    );
+    let artifacts = workspace_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", &driver)
+        .arg(workspace_root().join("tests/browser/vscode_workbench.js"))
+        .args([url, password, "notes.txt", append])
+        .arg(artifacts.join(shot));
+    if let Some(c) = command {
+        cmd.arg(c);
+    }
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "the workbench in Chromium: {}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_for_file(path: &Path, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.is_empty() {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn vscode_service() -> serde_json::Value {
+    let o = envd(&["ls", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    list.as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == NAME))
+        .and_then(|e| e["services"].as_array())
+        .and_then(|s| s.iter().find(|s| s["name"] == "vscode"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
+    require_docker();
+    let _down = Down(NAME);
+    let _ = envd(&["down", "--name", NAME, "--volumes"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join(NAME);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("build.envd"), PROGRAM).unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello from the host\n").unwrap();
+
+    let o = envd(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
+    let log = output_text(&o);
+    assert!(o.status.success(), "envd up failed:\n{log}");
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vscode:"))
+        .unwrap_or_else(|| panic!("no vscode line:\n{log}"))
+        .trim()
+        .to_string();
+    let (url, password) = line
+        .split_once("  (password ")
+        .map(|(u, p)| (u.to_string(), p.trim_end_matches(')').to_string()))
+        .unwrap_or_else(|| panic!("no password on the vscode line: {line}"));
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/?folder=/home/envd/{NAME}")),
+        "{url}"
+    );
+    assert!(password.len() >= 32, "{password}");
+    assert!(log.contains(&format!("code --remote ssh-remote+{NAME}.envd")), "{log}");
+
+    // Without the password: the login page, never the workbench.
+    let o = run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &url]));
+    let answer = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(answer.starts_with("302 ") && answer.contains("login"), "{answer}");
+    let base = url.split("/?").next().unwrap();
+    let o = run(Command::new("curl").args(["-s", &format!("{base}/login")]));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains("password") && !page.contains("vscode-workbench-web-configuration"));
+
+    // In Chromium: log in, read the file, edit and save it, run a command in the terminal.
+    let command = "echo \"$USER:$(id -u):$PWD:$(command -v python)\" > made-in-terminal.txt";
+    let out = workbench(&url, &password, "edited-in-vscode", "vscode-workbench.png", Some(command));
+    assert!(out.contains("EDITOR: hello from the host"), "{out}");
+    assert!(out.contains("SAVED"), "{out}");
+    let notes = std::fs::read_to_string(dir.join("notes.txt")).unwrap();
+    assert!(notes.contains("edited-in-vscode"), "the edit did not reach the host: {notes:?}");
+    let made = wait_for_file(&dir.join("made-in-terminal.txt"), 20);
+    assert_eq!(
+        made.trim(),
+        format!("envd:0:/home/envd/{NAME}:/opt/envd/venv/bin/python"),
+        "the terminal's shell"
+    );
+
+    // Through SSH: the inner port, not published, reached with ssh -L.
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut tunnel = Command::new("ssh")
+        .args(["-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-L"])
+        .arg(format!("{local}:127.0.0.1:8080"))
+        .arg(format!("{NAME}.envd"))
+        .spawn()
+        .expect("ssh -L");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
+        assert!(Instant::now() < deadline, "the tunnel never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tunnelled = format!("http://127.0.0.1:{local}/?folder=/home/envd/{NAME}");
+    let out = workbench(&tunnelled, &password, "", "vscode-through-ssh.png", None);
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    assert!(out.contains("edited-in-vscode"), "through ssh -L: {out}");
+
+    // Kill the server: envd-init restarts it and envd ls shows it healthy again.
+    assert_eq!(vscode_service()["state"], "healthy");
+    let o = envd(&["exec", "--name", NAME, "--", "pkill", "-f", "code-server/out/node/entry.js"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = vscode_service();
+        if s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vscode not healthy again: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = envd(&["down", "--name", NAME, "--volumes"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+}
