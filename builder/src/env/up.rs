@@ -261,7 +261,7 @@ fn start_error(e: bollard::errors::Error) -> anyhow::Error {
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .unwrap_or("?");
         anyhow::anyhow!(
-            "cannot publish port {port}: it is in use on the host. Free it or choose another port in build.envd (config.jupyter(port=...), runtime.expose(host_port=...)). Docker said: {text}"
+            "cannot publish port {port}: it is in use on the host. Free it or choose another port in build.envd (config.jupyter(port=...), config.vscode_server(port=...), runtime.expose(host_port=...)). Docker said: {text}"
         )
     } else {
         anyhow::anyhow!("cannot start the container: {text}")
