@@ -33,7 +33,26 @@ def build():
     install.python()
     # A free host port: the test must not collide with an environment the machine runs.
     config.vscode_server(port=0)
+    # A local extension from the build context, installed offline.
+    install.vscode_extensions(["hello.vsix"])
 "#;
+
+/// A minimal extension packed as VS Code does (a zip with `extension/package.json`), made with
+/// Python's zipfile.
+fn make_vsix(dir: &Path) {
+    let src = dir.join("vsix-src/extension");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("package.json"),
+        r#"{"name": "hello-envd", "publisher": "envdtest", "version": "0.0.1", "engines": {"vscode": "^1.50.0"}}"#,
+    )
+    .unwrap();
+    let o = run(Command::new("python3")
+        .current_dir(dir.join("vsix-src"))
+        .args(["-m", "zipfile", "-c", "../hello.vsix", "extension"]));
+    assert!(o.status.success(), "{}", output_text(&o));
+    std::fs::remove_dir_all(dir.join("vsix-src")).unwrap();
+}
 
 /// Runs the browser driver; returns its stdout, failing the test with its output otherwise.
 fn workbench(url: &str, password: &str, append: &str, shot: &str, command: Option<&str>) -> String {
@@ -92,6 +111,7 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("build.envd"), PROGRAM).unwrap();
     std::fs::write(dir.join("notes.txt"), "hello from the host\n").unwrap();
+    make_vsix(&dir);
 
     let o = envd(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
     let log = output_text(&o);
@@ -154,6 +174,24 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert!(out.contains("edited-in-vscode"), "through ssh -L: {out}");
+
+    // The .vsix from the build context is where the server (and desktop Remote-SSH) looks.
+    let o = envd(&[
+        "exec",
+        "--name",
+        NAME,
+        "--",
+        "/opt/envd/vscode/node/bin/node",
+        "/opt/envd/vscode/code-server/node_modules/code-server/out/node/entry.js",
+        "--extensions-dir",
+        "/home/envd/.vscode-server/extensions",
+        "--list-extensions",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("envdtest.hello-envd"),
+        "the server does not list the extension: {}",
+        output_text(&o)
+    );
 
     // Kill the server: envd-init restarts it and envd ls shows it healthy again.
     assert_eq!(vscode_service()["state"], "healthy");

@@ -40,6 +40,7 @@ pub struct CacheMount {
 }
 
 /// A read-only bind mount of another state into an exec.
+#[derive(Debug, Clone)]
 pub struct Bind {
     /// The state to mount.
     pub from: State,

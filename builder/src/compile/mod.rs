@@ -505,7 +505,8 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     }
 
     for st in toolchains::other_steps(g, HOME) {
-        s = run_step(&mut llb, &s, st, &[]);
+        let binds = if st.reads_context { context_binds.clone() } else { vec![] };
+        s = run_step(&mut llb, &s, st, &binds);
     }
 
     for d in &g.downloads {
@@ -834,6 +835,25 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(spec.env.additional["PASSWORD"], "p");
         assert!(text.contains("--auth password") && text.contains("--disable-telemetry"));
+    }
+
+    #[test]
+    fn vscode_extensions_from_open_vsx_or_the_build_context() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    config.vscode_server()\n    install.vscode_extensions([\"ms-python.python\", \"tools/hello.vsix\"])\n");
+        let text = crate::buildkit::llb::describe(&compile(&g, &ctx()).unwrap().definition);
+        assert!(text.contains(&format!("unpack {}/tools/hello.vsix", context::ROOT)), "{text}");
+        assert!(text.contains("open-vsx.org/api/ms-python/python/latest"), "{text}");
+        assert!(context::referenced_paths(&g).contains(&"tools/hello.vsix".to_string()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("build.envd"),
+            "def build():\n    install.vscode_extensions([\"python\"])\n",
+        )
+        .unwrap();
+        let e = evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"python\" is neither publisher.name nor a .vsix file") && e.contains(":2"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Step {
     pub caches: Vec<CacheMount>,
     /// Run as the environment's user instead of root.
     pub as_user: bool,
+    /// Reads files of the build context (mounted only then: a context change must not
+    /// invalidate the other steps' cache).
+    pub reads_context: bool,
 }
 
 fn step(name: impl Into<String>, script: impl Into<String>) -> Step {
@@ -43,6 +46,7 @@ fn step(name: impl Into<String>, script: impl Into<String>) -> Step {
         name: name.into(),
         caches: vec![],
         as_user: false,
+        reads_context: false,
     }
 }
 
@@ -342,18 +346,28 @@ pub fn other_steps(g: &Graph, home: &str) -> Vec<Step> {
         ));
     }
     if !g.vscode_extensions.is_empty() {
-        let mut script = format!("mkdir -p {home}/.vscode-server/extensions\n");
+        // Unpacked into the directory both the VS Code server and desktop Remote-SSH read, as
+        // `publisher.name-version` from the extension's own package.json.
+        let mut script = format!(
+            "mkdir -p {home}/.vscode-server/extensions\n\
+             unpack() {{ rm -rf /tmp/ext && unzip -q \"$1\" 'extension/*' -d /tmp/ext\n\
+             id=$(jq -r '.publisher + \".\" + .name + \"-\" + .version' /tmp/ext/extension/package.json)\n\
+             rm -rf \"{home}/.vscode-server/extensions/$id\" && mv /tmp/ext/extension \"{home}/.vscode-server/extensions/$id\" && rm -rf /tmp/ext; }}\n"
+        );
         for ext in &g.vscode_extensions {
+            if ext.ends_with(".vsix") {
+                let path = crate::context::BuildContext::path_in_image(ext);
+                script.push_str(&format!("unpack {}\n", super::quote(&path)));
+                continue;
+            }
             let Some((publisher, name)) = ext.split_once('.') else {
                 continue;
             };
             script.push_str(&format!(
-                "meta=$(curl -fsSL https://open-vsx.org/api/{publisher}/{name}/latest)\n\
-                 url=$(printf '%s' \"$meta\" | jq -r .files.download)\n\
-                 ver=$(printf '%s' \"$meta\" | jq -r .version)\n\
-                 dest={home}/.vscode-server/extensions/{publisher}.{name}-$ver\n\
-                 curl -fsSL -o /tmp/ext.vsix \"$url\" && rm -rf /tmp/ext && unzip -q /tmp/ext.vsix 'extension/*' -d /tmp/ext\n\
-                 rm -rf \"$dest\" && mv /tmp/ext/extension \"$dest\" && rm -rf /tmp/ext /tmp/ext.vsix\n"
+                "meta=$(curl -fsSL https://open-vsx.org/api/{publisher}/{name}/latest) && \
+                 url=$(printf '%s' \"$meta\" | jq -r .files.download) && \
+                 curl -fsSL -o /tmp/ext.vsix \"$url\" || {{ echo 'envd: cannot download the VS Code extension {ext} from open-vsx.org (a local .vsix in the build context installs offline)' >&2; exit 1; }}\n\
+                 unpack /tmp/ext.vsix && rm -f /tmp/ext.vsix\n"
             ));
         }
         let mut s = step(
@@ -364,6 +378,7 @@ pub fn other_steps(g: &Graph, home: &str) -> Vec<Step> {
             script,
         );
         s.as_user = true;
+        s.reads_context = g.vscode_extensions.iter().any(|e| e.ends_with(".vsix"));
         steps.push(s);
     }
     steps

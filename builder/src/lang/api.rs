@@ -264,15 +264,24 @@ pub fn install(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Extensions for the VS Code server and desktop Remote-SSH: `publisher.name` (from
+    /// open-vsx.org) or a `.vsix` file of the build context (installed offline).
     fn vscode_extensions(
         name: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
+        let names = list(name);
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !n.ends_with(".vsix") && n.split_once('.').is_none_or(|(p, e)| p.is_empty() || e.is_empty()))
+        {
+            anyhow::bail!("install.vscode_extensions: {bad:?} is neither publisher.name nor a .vsix file of the build context");
+        }
         recorder(eval)?
             .graph
             .borrow_mut()
             .vscode_extensions
-            .extend(list(name));
+            .extend(names);
         Ok(NoneType)
     }
 
