@@ -100,7 +100,12 @@ pub fn referenced_paths(g: &Graph) -> Vec<String> {
     out.extend(g.python_requirements.iter().cloned());
     out.extend(g.python_local_wheels.iter().cloned());
     out.extend(g.conda_packages.iter().filter_map(|c| c.env_file.clone()));
-    out.extend(g.vscode_extensions.iter().filter(|e| e.ends_with(".vsix")).cloned());
+    out.extend(
+        g.vscode_extensions
+            .iter()
+            .filter(|e| e.ends_with(".vsix"))
+            .cloned(),
+    );
     if g.run.iter().any(|r| r.mount_host) {
         out.push(String::new());
     }

@@ -73,7 +73,11 @@ fn workbench(url: &str, password: &str, append: &str, shot: &str, command: Optio
         cmd.arg(c);
     }
     let o = run(&mut cmd);
-    assert!(o.status.success(), "the workbench in Chromium: {}", output_text(&o));
+    assert!(
+        o.status.success(),
+        "the workbench in Chromium: {}",
+        output_text(&o)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -85,7 +89,11 @@ fn wait_for_file(path: &Path, secs: u64) -> String {
                 return text;
             }
         }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -127,16 +135,30 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
         .map(|(u, p)| (u.to_string(), p.trim_end_matches(')').to_string()))
         .unwrap_or_else(|| panic!("no password on the vscode line: {line}"));
     assert!(
-        url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/?folder=/home/envd/{NAME}")),
+        url.starts_with("http://127.0.0.1:")
+            && url.ends_with(&format!("/?folder=/home/envd/{NAME}")),
         "{url}"
     );
     assert!(password.len() >= 32, "{password}");
-    assert!(log.contains(&format!("code --remote ssh-remote+{NAME}.envd")), "{log}");
+    assert!(
+        log.contains(&format!("code --remote ssh-remote+{NAME}.envd")),
+        "{log}"
+    );
 
     // Without the password: the login page, never the workbench.
-    let o = run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &url]));
+    let o = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &url,
+    ]));
     let answer = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(answer.starts_with("302 ") && answer.contains("login"), "{answer}");
+    assert!(
+        answer.starts_with("302 ") && answer.contains("login"),
+        "{answer}"
+    );
     let base = url.split("/?").next().unwrap();
     let o = run(Command::new("curl").args(["-s", &format!("{base}/login")]));
     let page = String::from_utf8_lossy(&o.stdout);
@@ -144,11 +166,20 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
 
     // In Chromium: log in, read the file, edit and save it, run a command in the terminal.
     let command = "echo \"$USER:$(id -u):$PWD:$(command -v python)\" > made-in-terminal.txt";
-    let out = workbench(&url, &password, "edited-in-vscode", "vscode-workbench.png", Some(command));
+    let out = workbench(
+        &url,
+        &password,
+        "edited-in-vscode",
+        "vscode-workbench.png",
+        Some(command),
+    );
     assert!(out.contains("EDITOR: hello from the host"), "{out}");
     assert!(out.contains("SAVED"), "{out}");
     let notes = std::fs::read_to_string(dir.join("notes.txt")).unwrap();
-    assert!(notes.contains("edited-in-vscode"), "the edit did not reach the host: {notes:?}");
+    assert!(
+        notes.contains("edited-in-vscode"),
+        "the edit did not reach the host: {notes:?}"
+    );
     let made = wait_for_file(&dir.join("made-in-terminal.txt"), 20);
     assert_eq!(
         made.trim(),
@@ -157,9 +188,20 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
     );
 
     // Through SSH: the inner port, not published, reached with ssh -L.
-    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut tunnel = Command::new("ssh")
-        .args(["-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-L"])
+        .args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+        ])
         .arg(format!("{local}:127.0.0.1:8080"))
         .arg(format!("{NAME}.envd"))
         .spawn()
@@ -195,7 +237,15 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
 
     // Kill the server: envd-init restarts it and envd ls shows it healthy again.
     assert_eq!(vscode_service()["state"], "healthy");
-    let o = envd(&["exec", "--name", NAME, "--", "pkill", "-f", "code-server/out/node/entry.js"]);
+    let o = envd(&[
+        "exec",
+        "--name",
+        NAME,
+        "--",
+        "pkill",
+        "-f",
+        "code-server/out/node/entry.js",
+    ]);
     assert!(o.status.success(), "{}", output_text(&o));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

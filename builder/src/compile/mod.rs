@@ -331,7 +331,14 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
             // Built in its own chain, copied in before anything that changes more often.
             let ca = ctx.host_ca.as_deref().map(|c| (c, HOST_CA));
             let server = vscode::stage(&mut llb, &base_image(g), &apt_caches, ca);
-            s = llb.copy(&s, &server, vscode::VSCODE_HOME, vscode::VSCODE_HOME, None, None);
+            s = llb.copy(
+                &s,
+                &server,
+                vscode::VSCODE_HOME,
+                vscode::VSCODE_HOME,
+                None,
+                None,
+            );
         }
     }
 
@@ -505,7 +512,11 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     }
 
     for st in toolchains::other_steps(g, HOME) {
-        let binds = if st.reads_context { context_binds.clone() } else { vec![] };
+        let binds = if st.reads_context {
+            context_binds.clone()
+        } else {
+            vec![]
+        };
         s = run_step(&mut llb, &s, st, &binds);
     }
 
@@ -841,8 +852,14 @@ mod tests {
     fn vscode_extensions_from_open_vsx_or_the_build_context() {
         let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    config.vscode_server()\n    install.vscode_extensions([\"ms-python.python\", \"tools/hello.vsix\"])\n");
         let text = crate::buildkit::llb::describe(&compile(&g, &ctx()).unwrap().definition);
-        assert!(text.contains(&format!("unpack {}/tools/hello.vsix", context::ROOT)), "{text}");
-        assert!(text.contains("open-vsx.org/api/ms-python/python/latest"), "{text}");
+        assert!(
+            text.contains(&format!("unpack {}/tools/hello.vsix", context::ROOT)),
+            "{text}"
+        );
+        assert!(
+            text.contains("open-vsx.org/api/ms-python/python/latest"),
+            "{text}"
+        );
         assert!(context::referenced_paths(&g).contains(&"tools/hello.vsix".to_string()));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -853,7 +870,10 @@ mod tests {
         let e = evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("c"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"python\" is neither publisher.name nor a .vsix file") && e.contains(":2"), "{e}");
+        assert!(
+            e.contains("\"python\" is neither publisher.name nor a .vsix file") && e.contains(":2"),
+            "{e}"
+        );
     }
 
     #[test]

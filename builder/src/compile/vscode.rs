@@ -47,7 +47,12 @@ pub const RUNTIME_PACKAGES: &[&str] = &["libgssapi-krb5-2", "ripgrep", "git"];
 
 /// The chain that builds `/opt/envd/vscode` from `base`. `host_ca` is the host's CA bundle
 /// (in the image at `ca_path`), which npm must trust behind a TLS-intercepting proxy.
-pub fn stage(llb: &mut Llb, base: &str, apt_caches: &[CacheMount], host_ca: Option<(&[u8], &str)>) -> State {
+pub fn stage(
+    llb: &mut Llb,
+    base: &str,
+    apt_caches: &[CacheMount],
+    host_ca: Option<(&[u8], &str)>,
+) -> State {
     let mut s = llb.image(base);
     s = llb.run(
         &s,
@@ -60,7 +65,8 @@ pub fn stage(llb: &mut Llb, base: &str, apt_caches: &[CacheMount], host_ca: Opti
         apt_caches,
         &format!("VS Code server: build tools ({})", BUILD_PACKAGES.join(" ")),
     );
-    let mut env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
     if let Some((ca, path)) = host_ca {
         s = llb.mkfile(&s, path, ca, 0o644, None);
         env.push(format!("NODE_EXTRA_CA_CERTS={path}"));
@@ -90,7 +96,10 @@ pub fn stage(llb: &mut Llb, base: &str, apt_caches: &[CacheMount], host_ca: Opti
             id: "envd-npm".into(),
         }],
         &binds,
-        &format!("VS Code server: npm install code-server@{CODE_SERVER_VERSION} (Node {})", NODE.0),
+        &format!(
+            "VS Code server: npm install code-server@{CODE_SERVER_VERSION} (Node {})",
+            NODE.0
+        ),
     )
 }
 

@@ -13,8 +13,8 @@ use starlark::values::Value;
 
 use super::Recorder;
 use crate::graph::{
-    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex, VsCodeServer,
-    RunStep,
+    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex,
+    RunStep, VsCodeServer,
 };
 
 fn recorder<'a>(eval: &'a Evaluator) -> anyhow::Result<&'a Recorder> {
@@ -271,10 +271,11 @@ pub fn install(builder: &mut GlobalsBuilder) {
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
         let names = list(name);
-        if let Some(bad) = names
-            .iter()
-            .find(|n| !n.ends_with(".vsix") && n.split_once('.').is_none_or(|(p, e)| p.is_empty() || e.is_empty()))
-        {
+        if let Some(bad) = names.iter().find(|n| {
+            !n.ends_with(".vsix")
+                && n.split_once('.')
+                    .is_none_or(|(p, e)| p.is_empty() || e.is_empty())
+        }) {
             anyhow::bail!("install.vscode_extensions: {bad:?} is neither publisher.name nor a .vsix file of the build context");
         }
         recorder(eval)?
