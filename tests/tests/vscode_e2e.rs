@@ -98,6 +98,165 @@ fn wait_for_file(path: &Path, secs: u64) -> String {
     }
 }
 
+/// Reads `child`'s stdout until `listeningOn==X==` shows, for at most `secs`.
+fn listening_on(child: &mut std::process::Child, secs: u64) -> String {
+    use std::io::Read;
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = String::new();
+    loop {
+        if let Some(v) = seen
+            .split("listeningOn==")
+            .nth(1)
+            .and_then(|r| r.split_once("=="))
+        {
+            return v.0.to_string();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => panic!("no listeningOn== line within {secs} s; the script printed: {seen}"),
+        }
+    }
+}
+
+/// Desktop VS Code's Remote-SSH with `remote.SSH.localServerDownload`: the desktop copies the
+/// server tarball over with OpenSSH's `scp` (the sftp subsystem), then pipes a bash script into
+/// `ssh -T -D PORT` that unpacks it under `~/.vscode-server`, starts it and prints
+/// `listeningOn==...==`; the editor then reaches it through the SOCKS port or a forwarded unix
+/// socket. The tarball is this environment's own code-server.
+fn remote_ssh_local_server_download(dir: &Path) {
+    let host = format!("{NAME}.envd");
+    let tarball = dir.join("vscode-server-linux-x64.tar.gz");
+    let o = run(Command::new("sh").arg("-c").arg(format!(
+        "{} exec -T --name {NAME} -- tar -C /opt/envd -czf - vscode > {}",
+        envd_e2e::runtime_dir().join("envd").display(),
+        tarball.display()
+    )));
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o =
+        run(Command::new("ssh").args(["-o", "BatchMode=yes", &host, "mkdir -p ~/.vscode-server"]));
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o = run(Command::new("scp")
+        .args(["-q", "-o", "BatchMode=yes"])
+        .arg(&tarball)
+        .arg(format!(
+            "{host}:.vscode-server/vscode-server-linux-x64.tar.gz"
+        )));
+    assert!(o.status.success(), "scp: {}", output_text(&o));
+    std::fs::remove_file(&tarball).unwrap();
+    let start = |listen: &str, socks: Option<u16>| {
+        let script = format!(
+            "set -e\ncd ~/.vscode-server\nmkdir -p bin/e2ecommit\n\
+             tar -xzf vscode-server-linux-x64.tar.gz -C bin/e2ecommit --strip-components=1\n\
+             bin/e2ecommit/node/bin/node bin/e2ecommit/code-server/node_modules/code-server/out/node/entry.js \
+             --auth none --disable-telemetry --disable-update-check {listen} > server.log 2>&1 &\n\
+             for _ in $(seq 100); do\n\
+               where=$(grep -o 'HTTP server listening on [^ ]*' server.log | awk '{{print $5}}' || true)\n\
+               if [ -n \"$where\" ]; then where=${{where%/}}; echo \"listeningOn==${{where#http://127.0.0.1:}}==\"; break; fi\n\
+               sleep 0.2\n\
+             done\nwait\n"
+        );
+        let mut ssh = Command::new("ssh");
+        ssh.args(["-T", "-o", "BatchMode=yes"]);
+        if let Some(p) = socks {
+            ssh.args(["-D", &format!("127.0.0.1:{p}")]);
+        }
+        let mut child = ssh
+            .args([host.as_str(), "bash"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        child
+    };
+    // Through the SOCKS port (direct-tcpip), as Remote-SSH's default.
+    let socks = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = start("--bind-addr 127.0.0.1:0", Some(socks));
+    let port = listening_on(&mut server, 60);
+    let o = run(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "20",
+        "--socks5-hostname",
+        &format!("127.0.0.1:{socks}"),
+        &format!("http://127.0.0.1:{port}/healthz"),
+    ]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("status"),
+        "through SOCKS: {}",
+        output_text(&o)
+    );
+    // Through a forwarded unix socket (direct-streamlocal).
+    let _ = run(Command::new("ssh").args([
+        "-o",
+        "BatchMode=yes",
+        &host,
+        "pkill -f 'bin/[e]2ecommit/' || true",
+    ]));
+    let mut server = start("--socket /tmp/e2e-vscode.sock", None);
+    let path = listening_on(&mut server, 60);
+    assert_eq!(path, "/tmp/e2e-vscode.sock");
+    let local = dir.join("local-vscode.sock");
+    let mut tunnel = Command::new("ssh")
+        .args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+        ])
+        .arg(format!("{}:/tmp/e2e-vscode.sock", local.display()))
+        .arg(&host)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !local.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unix-socket forward never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = run(Command::new("curl")
+        .args(["-s", "--max-time", "20", "--unix-socket"])
+        .arg(&local)
+        .arg("http://localhost/healthz"));
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = run(Command::new("ssh").args([
+        "-o",
+        "BatchMode=yes",
+        &host,
+        "pkill -f 'bin/[e]2ecommit/' || true",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("status"),
+        "through the unix socket: {}",
+        output_text(&o)
+    );
+}
+
 fn vscode_service() -> serde_json::Value {
     let o = envd(&["ls", "--format", "json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
@@ -216,6 +375,8 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert!(out.contains("edited-in-vscode"), "through ssh -L: {out}");
+
+    remote_ssh_local_server_download(&dir);
 
     // The .vsix from the build context is where the server (and desktop Remote-SSH) looks.
     let o = envd(&[
