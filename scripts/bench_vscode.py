@@ -81,6 +81,7 @@ def main():
         for kind in ("plain", "vscode"):
             write(paths[kind], kind == "vscode", packages)
             warm[kind] = build(envd, paths[kind])
+    for kind in ("plain", "vscode"):
         size = run(["docker", "image", "inspect", "-f", "{{.Size}}", f"bench{kind}:dev"]).stdout.strip()
         sizes[kind] = int(size) / 1e9
 
