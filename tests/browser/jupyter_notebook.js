@@ -2,16 +2,11 @@
 // Python tile, a typed cell, Ctrl+S, a name in the rename dialog. Prints the saved notebook's
 // name on success; exits 1 with a screenshot and the page's text otherwise.
 //   node jupyter_notebook.js LAB_URL TEXT NAME.ipynb SCREENSHOT.png
-const { chromium } = require('playwright-core');
+const { launch } = require('./chromium');
 
 async function main() {
   const [url, text, name, shot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic',
-           '--no-first-run', '--disable-background-networking', '--disable-component-update',
-           '--disable-sync'],
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   try {
     await page.goto(url, { timeout: 60000 });

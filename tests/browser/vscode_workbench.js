@@ -4,16 +4,11 @@
 // checks the results on the host (the terminal draws on a canvas: its effect is a file).
 // Without COMMAND, it stops after reading the file.
 //   node vscode_workbench.js URL PASSWORD FILE APPEND_TEXT SCREENSHOT.png [COMMAND]
-const { chromium } = require('playwright-core');
+const { launch } = require('./chromium');
 
 async function main() {
   const [url, password, file, append, shot, command] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic',
-           '--no-first-run', '--disable-background-networking', '--disable-component-update',
-           '--disable-sync'],
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   try {
     await page.goto(url, { timeout: 60000 });

@@ -215,19 +215,7 @@ fn remote_ssh_local_server_download(dir: &Path) {
     let path = listening_on(&mut server, 60);
     assert_eq!(path, "/tmp/e2e-vscode.sock");
     let local = dir.join("local-vscode.sock");
-    let mut tunnel = Command::new("ssh")
-        .args([
-            "-N",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-        ])
-        .arg(format!("{}:/tmp/e2e-vscode.sock", local.display()))
-        .arg(&host)
-        .spawn()
-        .unwrap();
+    let mut tunnel = ssh_forward(format!("{}:/tmp/e2e-vscode.sock", local.display()), &host);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !local.exists() {
         assert!(
@@ -255,6 +243,26 @@ fn remote_ssh_local_server_download(dir: &Path) {
         "through the unix socket: {}",
         output_text(&o)
     );
+}
+
+/// `ssh -N -L SPEC HOST`: a forward that fails at once when it cannot listen.
+fn ssh_forward(
+    spec: impl AsRef<std::ffi::OsStr>,
+    host: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Child {
+    Command::new("ssh")
+        .args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+        ])
+        .arg(spec)
+        .arg(host)
+        .spawn()
+        .expect("ssh -L")
 }
 
 fn vscode_service() -> serde_json::Value {
@@ -352,19 +360,7 @@ fn vscode_in_chromium_directly_and_through_ssh_restarted_when_killed() {
         .local_addr()
         .unwrap()
         .port();
-    let mut tunnel = Command::new("ssh")
-        .args([
-            "-N",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-        ])
-        .arg(format!("{local}:127.0.0.1:8080"))
-        .arg(format!("{NAME}.envd"))
-        .spawn()
-        .expect("ssh -L");
+    let mut tunnel = ssh_forward(format!("{local}:127.0.0.1:8080"), format!("{NAME}.envd"));
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
         assert!(Instant::now() < deadline, "the tunnel never listened");
