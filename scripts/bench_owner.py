@@ -86,7 +86,17 @@ def main():
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--out")
     a = ap.parse_args()
-    envd = os.path.abspath(a.envd)
+    # Every host user must be able to run envd and read the runtime: copy them out of the
+    # checkout, which may sit in a directory only root can enter.
+    runtime = "/var/tmp/envd-owner-bench-runtime"
+    shutil.rmtree(runtime, ignore_errors=True)
+    os.makedirs(runtime)
+    os.chmod(runtime, 0o755)
+    for b in ("envd", "envd-init", "envd-sshd"):
+        shutil.copy(os.path.join(os.environ["ENVD_RUNTIME_DIR"], b), runtime)
+        os.chmod(os.path.join(runtime, b), 0o755)
+    os.environ["ENVD_RUNTIME_DIR"] = runtime
+    envd = os.path.join(runtime, "envd")
     env = os.path.basename(os.path.abspath(a.project)).lower()
     users = {
         "uid 1000 (no id change)": host_user(1000, "envdbase"),

@@ -77,7 +77,10 @@ impl HostUser {
         c.args(["-u", &self.name, "--", "env"])
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("USER={}", self.name))
-            .arg(format!("ENVD_RUNTIME_DIR={}", runtime_dir().display()))
+            .arg(format!(
+                "ENVD_RUNTIME_DIR={}",
+                readable_runtime_dir().display()
+            ))
             .arg("ENVD_PROGRESS=plain")
             .arg(program);
         c
@@ -85,7 +88,7 @@ impl HostUser {
 
     fn envd(&self, args: &[&str]) -> Output {
         run(self
-            .command(runtime_dir().join("envd").to_str().unwrap())
+            .command(readable_runtime_dir().join("envd").to_str().unwrap())
             .args(args))
     }
 
@@ -103,6 +106,29 @@ impl HostUser {
             .arg(path));
         assert!(o.status.success(), "{}", output_text(&o));
     }
+}
+
+/// The runtime (envd, envd-init, envd-sshd) copied where every host user can run it: the
+/// checkout may sit in a directory only root can enter (`mktemp -d` makes them 0700). The same
+/// bytes, so the same image.
+fn readable_runtime_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("envd-files-runtime")
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for bin in ["envd", "envd-init", "envd-sshd"] {
+            let to = dir.join(bin);
+            std::fs::copy(runtime_dir().join(bin), &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    })
+    .clone()
 }
 
 fn run(cmd: &mut Command) -> Output {
