@@ -97,7 +97,12 @@ pub async fn direct_tcpip(
     port: u32,
     reply: ChannelOpenHandle,
 ) {
-    let target = (host.as_str(), port as u16);
+    let Ok(port) = u16::try_from(port) else {
+        tracing::info!("direct-tcpip to port {port}: not a TCP port; refused");
+        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+        return;
+    };
+    let target = (host.as_str(), port);
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
@@ -150,7 +155,11 @@ impl RemoteForwards {
                 _ => return false,
             }
         };
-        let listener = match TcpListener::bind((bind_addr.as_str(), *port as u16)).await {
+        let Ok(port16) = u16::try_from(*port) else {
+            tracing::info!("tcpip-forward {address}:{port}: not a TCP port; refused");
+            return false;
+        };
+        let listener = match TcpListener::bind((bind_addr.as_str(), port16)).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::info!("tcpip-forward {address}:{port}: {e}");

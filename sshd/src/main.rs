@@ -34,9 +34,12 @@ struct Cli {
     /// Seconds an unauthenticated connection may take.
     #[arg(long, default_value_t = 60)]
     login_grace_time: u64,
-    /// Most unauthenticated connections at once.
+    /// Most unauthenticated connections at once; more wait for a slot (within the grace time).
     #[arg(long, default_value_t = 16)]
     max_startups: usize,
+    /// Most connections waiting for such a slot; past that, refused with a reason.
+    #[arg(long, default_value_t = envd_sshd::admission::DEFAULT_MAX_WAITING)]
+    max_waiting: usize,
 }
 
 /// mimalloc's `arena_eager_commit` option (index 4 in mimalloc.h's `mi_option_e`).
@@ -46,6 +49,8 @@ fn main() -> std::process::ExitCode {
     // Commit arena memory on use, not up front: an idle server then stays at about 3 MB.
     // SAFETY: plain option setter of the C allocator, called before any thread starts.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    // Descriptors our parent left open must not reach sessions' programs.
+    envd_sshd::admission::close_inherited_on_exec();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -103,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         gateway_ports: cli.gateway_ports,
         login_grace: Duration::from_secs(cli.login_grace_time),
         max_startups: cli.max_startups.max(1),
+        max_waiting: cli.max_waiting,
     });
     let stop = async {
         use tokio::signal::unix::{signal, SignalKind};

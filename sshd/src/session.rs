@@ -66,7 +66,14 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// Our address.
     pub local: SocketAddr,
+    /// What the key's authorized_keys options take away.
+    pub restrictions: crate::keys::Restrictions,
 }
+
+/// Input a client may send on a session before asking for a shell, command or subsystem; a
+/// client that sends more is told so and the channel is closed (OpenSSH bounds it with its
+/// 2 MiB window; russh widens the window as data arrives, so the bound is ours to keep).
+pub const MAX_EARLY_INPUT: usize = 2 * 1024 * 1024;
 
 struct PtyRequest {
     term: String,
@@ -96,6 +103,7 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
     let start = loop {
         match channel.wait().await {
             None | Some(ChannelMsg::Close) => return,
+            Some(ChannelMsg::RequestPty { .. }) if ctx.restrictions.no_pty => {}
             Some(ChannelMsg::RequestPty {
                 term,
                 col_width,
@@ -130,7 +138,7 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
                 }
             }
             Some(ChannelMsg::AgentForward { .. }) => {
-                if agent.is_none() {
+                if agent.is_none() && !ctx.restrictions.no_agent_forwarding {
                     match AgentSocket::start(ctx.handle.clone()) {
                         Ok(a) => agent = Some(a),
                         Err(e) => tracing::warn!("agent forwarding unavailable: {e}"),
@@ -142,7 +150,19 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
                 break Start::Exec(String::from_utf8_lossy(&command).into_owned())
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => break Start::Subsystem(name),
-            Some(ChannelMsg::Data { data }) => early_input.extend_from_slice(&data),
+            Some(ChannelMsg::Data { data }) => {
+                if early_input.len() + data.len() > MAX_EARLY_INPUT {
+                    tracing::info!(
+                        "{}: more than {MAX_EARLY_INPUT} bytes before a command; channel closed",
+                        ctx.peer
+                    );
+                    let msg = "envd-sshd: too much input before a command was requested\r\n";
+                    let _ = channel.extended_data(1, msg.as_bytes()).await;
+                    let _ = channel.close().await;
+                    return;
+                }
+                early_input.extend_from_slice(&data)
+            }
             Some(ChannelMsg::Eof) => early_eof = true,
             Some(_) => {}
         }

@@ -1,11 +1,16 @@
 //! The `sftp` subsystem (SFTP v3, what OpenSSH's `sftp` and, since OpenSSH 9, `scp` speak) over
 //! the real filesystem, as the session's user. Relative paths start at the user's home.
+//!
+//! Every file system call runs on tokio's blocking pool: one that never returns (an OPEN of a
+//! FIFO with no writer, a hung network mount) stalls that sftp session only, never the server.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use russh_sftp::protocol::{
     Attrs, Data, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
@@ -22,8 +27,23 @@ where
 }
 
 enum Open {
-    File(File),
-    Dir(Option<Vec<DirEntry>>),
+    File(Arc<File>),
+    /// A directory's entries, handed out [`READDIR_BATCH`] per READDIR.
+    Dir(std::vec::IntoIter<DirEntry>),
+}
+
+/// Entries per READDIR reply, as OpenSSH's sftp-server sends (its client refuses a reply
+/// larger than 256 KiB, which a whole large directory would be).
+pub const READDIR_BATCH: usize = 100;
+
+/// Runs a file system call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StatusCode> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(StatusCode::Failure),
+    }
 }
 
 /// The sftp handler: open files and directories by handle.
@@ -51,6 +71,13 @@ impl Sftp {
             self.home.join(path)
         };
         normalize(&joined)
+    }
+
+    fn file(&self, handle: &str) -> Result<Arc<File>, StatusCode> {
+        match self.handles.get(handle) {
+            Some(Open::File(f)) => Ok(f.clone()),
+            _ => Err(StatusCode::Failure),
+        }
     }
 
     fn add(&mut self, open: Open) -> String {
@@ -151,6 +178,46 @@ fn apply_attrs(path: &Path, attrs: &FileAttributes) -> std::io::Result<()> {
     Ok(())
 }
 
+fn apply_file_attrs(f: &File, attrs: &FileAttributes) -> std::io::Result<()> {
+    if let Some(size) = attrs.size {
+        f.set_len(size)?;
+    }
+    if let Some(perm) = attrs.permissions {
+        f.set_permissions(fs::Permissions::from_mode(perm & 0o7777))?;
+    }
+    if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
+        let to = |t: u32| nix::sys::time::TimeSpec::new(t as i64, 0);
+        nix::sys::stat::futimens(f.as_raw_fd(), &to(atime), &to(mtime))?;
+    }
+    Ok(())
+}
+
+/// A directory's entries with their attributes, `.` and `..` first.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<DirEntry>> {
+    let mut entries = Vec::new();
+    for name in [".", ".."] {
+        if let Ok(meta) = fs::metadata(dir.join(name)) {
+            entries.push(DirEntry {
+                filename: name.into(),
+                longname: longname(name, &meta),
+                attrs: attrs_of(&meta),
+            });
+        }
+    }
+    for e in fs::read_dir(dir)? {
+        let Ok(e) = e else { continue };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(meta) = fs::symlink_metadata(e.path()) {
+            entries.push(DirEntry {
+                longname: longname(&name, &meta),
+                filename: name,
+                attrs: attrs_of(&meta),
+            });
+        }
+    }
+    Ok(entries)
+}
+
 impl russh_sftp::server::Handler for Sftp {
     type Error = StatusCode;
 
@@ -187,10 +254,20 @@ impl russh_sftp::server::Handler for Sftp {
                 o.create(true);
             }
         }
-        let file = o.open(&path).map_err(err)?;
+        // O_NONBLOCK so a FIFO without a peer fails or opens at once instead of hanging a
+        // blocking thread; cleared after, for plain blocking reads and writes.
+        o.custom_flags(nix::libc::O_NONBLOCK);
+        let file = blocking(move || {
+            let f = o.open(&path)?;
+            let flags = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+            Ok(f)
+        })
+        .await?;
         Ok(Handle {
             id,
-            handle: self.add(Open::File(file)),
+            handle: self.add(Open::File(Arc::new(file))),
         })
     }
 
@@ -206,15 +283,17 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let Some(Open::File(f)) = self.handles.get(&handle) else {
-            return Err(StatusCode::Failure);
-        };
-        let mut buf = vec![0u8; len.min(256 * 1024) as usize];
-        let n = f.read_at(&mut buf, offset).map_err(err)?;
-        if n == 0 && len > 0 {
+        let f = self.file(&handle)?;
+        let buf = blocking(move || {
+            let mut buf = vec![0u8; len.min(256 * 1024) as usize];
+            let n = f.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await?;
+        if buf.is_empty() && len > 0 {
             return Err(StatusCode::Eof);
         }
-        buf.truncate(n);
         Ok(Data { id, data: buf })
     }
 
@@ -225,15 +304,14 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let Some(Open::File(f)) = self.handles.get(&handle) else {
-            return Err(StatusCode::Failure);
-        };
-        f.write_all_at(&data, offset).map_err(err)?;
+        let f = self.file(&handle)?;
+        blocking(move || f.write_all_at(&data, offset)).await?;
         Ok(ok(id))
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let meta = fs::symlink_metadata(self.path(&path)).map_err(err)?;
+        let path = self.path(&path);
+        let meta = blocking(move || fs::symlink_metadata(path)).await?;
         Ok(Attrs {
             id,
             attrs: attrs_of(&meta),
@@ -241,7 +319,8 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let meta = fs::metadata(self.path(&path)).map_err(err)?;
+        let path = self.path(&path);
+        let meta = blocking(move || fs::metadata(path)).await?;
         Ok(Attrs {
             id,
             attrs: attrs_of(&meta),
@@ -249,10 +328,8 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
-        let Some(Open::File(f)) = self.handles.get(&handle) else {
-            return Err(StatusCode::Failure);
-        };
-        let meta = f.metadata().map_err(err)?;
+        let f = self.file(&handle)?;
+        let meta = blocking(move || f.metadata()).await?;
         Ok(Attrs {
             id,
             attrs: attrs_of(&meta),
@@ -265,7 +342,8 @@ impl russh_sftp::server::Handler for Sftp {
         path: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        apply_attrs(&self.path(&path), &attrs).map_err(err)?;
+        let path = self.path(&path);
+        blocking(move || apply_attrs(&path, &attrs)).await?;
         Ok(ok(id))
     }
 
@@ -275,65 +353,37 @@ impl russh_sftp::server::Handler for Sftp {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        let Some(Open::File(f)) = self.handles.get(&handle) else {
-            return Err(StatusCode::Failure);
-        };
-        if let Some(size) = attrs.size {
-            f.set_len(size).map_err(err)?;
-        }
-        if let Some(perm) = attrs.permissions {
-            f.set_permissions(fs::Permissions::from_mode(perm & 0o7777))
-                .map_err(err)?;
-        }
-        if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
-            let to = |t: u32| nix::sys::time::TimeSpec::new(t as i64, 0);
-            nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(f), &to(atime), &to(mtime))
-                .map_err(|e| err(e.into()))?;
-        }
+        let f = self.file(&handle)?;
+        blocking(move || apply_file_attrs(&f, &attrs)).await?;
         Ok(ok(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let dir = self.path(&path);
-        let mut entries = Vec::new();
-        for name in [".", ".."] {
-            if let Ok(meta) = fs::metadata(dir.join(name)) {
-                entries.push(DirEntry {
-                    filename: name.into(),
-                    longname: longname(name, &meta),
-                    attrs: attrs_of(&meta),
-                });
-            }
-        }
-        for e in fs::read_dir(&dir).map_err(err)? {
-            let Ok(e) = e else { continue };
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Ok(meta) = fs::symlink_metadata(e.path()) {
-                entries.push(DirEntry {
-                    longname: longname(&name, &meta),
-                    filename: name,
-                    attrs: attrs_of(&meta),
-                });
-            }
-        }
+        let entries = blocking(move || list_dir(&dir)).await?;
         Ok(Handle {
             id,
-            handle: self.add(Open::Dir(Some(entries))),
+            handle: self.add(Open::Dir(entries.into_iter())),
         })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
         match self.handles.get_mut(&handle) {
-            Some(Open::Dir(entries)) => match entries.take() {
-                Some(files) if !files.is_empty() => Ok(Name { id, files }),
-                _ => Err(StatusCode::Eof),
-            },
+            Some(Open::Dir(entries)) => {
+                let files: Vec<DirEntry> = entries.by_ref().take(READDIR_BATCH).collect();
+                if files.is_empty() {
+                    Err(StatusCode::Eof)
+                } else {
+                    Ok(Name { id, files })
+                }
+            }
             _ => Err(StatusCode::Failure),
         }
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
-        fs::remove_file(self.path(&filename)).map_err(err)?;
+        let path = self.path(&filename);
+        blocking(move || fs::remove_file(path)).await?;
         Ok(ok(id))
     }
 
@@ -344,21 +394,26 @@ impl russh_sftp::server::Handler for Sftp {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         let p = self.path(&path);
-        fs::create_dir(&p).map_err(err)?;
-        if let Some(perm) = attrs.permissions {
-            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(perm & 0o7777));
-        }
+        blocking(move || {
+            fs::create_dir(&p)?;
+            if let Some(perm) = attrs.permissions {
+                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(perm & 0o7777));
+            }
+            Ok(())
+        })
+        .await?;
         Ok(ok(id))
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
-        fs::remove_dir(self.path(&path)).map_err(err)?;
+        let path = self.path(&path);
+        blocking(move || fs::remove_dir(path)).await?;
         Ok(ok(id))
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
         let p = self.path(if path.is_empty() { "." } else { &path });
-        let real = fs::canonicalize(&p).unwrap_or(p);
+        let real = blocking(move || Ok(fs::canonicalize(&p).unwrap_or(p))).await?;
         let name = real.to_string_lossy().into_owned();
         Ok(Name {
             id,
@@ -377,16 +432,20 @@ impl russh_sftp::server::Handler for Sftp {
         newpath: String,
     ) -> Result<Status, Self::Error> {
         let (from, to) = (self.path(&oldpath), self.path(&newpath));
-        // SFTP v3 rename must not overwrite (OpenSSH's posix-rename extension does).
-        if fs::symlink_metadata(&to).is_ok() {
-            return Err(StatusCode::Failure);
-        }
-        fs::rename(from, to).map_err(err)?;
+        blocking(move || {
+            // SFTP v3 rename must not overwrite (OpenSSH's posix-rename extension does).
+            if fs::symlink_metadata(&to).is_ok() {
+                return Err(std::io::Error::from(ErrorKind::AlreadyExists));
+            }
+            fs::rename(from, to)
+        })
+        .await?;
         Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let target = fs::read_link(self.path(&path)).map_err(err)?;
+        let path = self.path(&path);
+        let target = blocking(move || fs::read_link(path)).await?;
         let name = target.to_string_lossy().into_owned();
         Ok(Name {
             id,
@@ -405,7 +464,8 @@ impl russh_sftp::server::Handler for Sftp {
         targetpath: String,
     ) -> Result<Status, Self::Error> {
         // OpenSSH's client sends the arguments swapped relative to the draft; follow OpenSSH.
-        std::os::unix::fs::symlink(&linkpath, self.path(&targetpath)).map_err(err)?;
+        let at = self.path(&targetpath);
+        blocking(move || std::os::unix::fs::symlink(&linkpath, at)).await?;
         Ok(ok(id))
     }
 }

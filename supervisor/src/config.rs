@@ -97,6 +97,14 @@ pub enum Output {
     },
 }
 
+/// A log file rotates at this size unless the file says otherwise (`0` = never): with
+/// [`ROTATED_FILES_KEPT`] old files a service's logs stay under about 100 MB per stream.
+pub const DEFAULT_ROTATE_SIZE: u64 = 16 * 1024 * 1024;
+
+fn default_rotate_size() -> u64 {
+    DEFAULT_ROTATE_SIZE
+}
+
 /// How many rotated files are kept beside a log file (`log.1` … `log.5`).
 pub const ROTATED_FILES_KEPT: usize = 5;
 
@@ -105,12 +113,35 @@ pub const ROTATED_FILES_KEPT: usize = 5;
 pub struct RestartPolicy {
     /// When to restart.
     pub strategy: RestartStrategy,
-    /// The n-th consecutive restart waits n × backoff.
-    pub backoff: Duration,
+    /// `backoff` as the file gives it: the n-th consecutive restart waits n × backoff (Horust's
+    /// meaning). Unset: [`DEFAULT_BACKOFF_FIRST`] doubling up to [`DEFAULT_BACKOFF_MAX`].
+    pub backoff: Option<Duration>,
     /// Upper bound on consecutive restarts, for every strategy; `None` is unbounded.
     pub attempts: Option<u32>,
     /// How long a service must stay healthy for the attempt counter to reset.
     pub reset_after: Duration,
+}
+
+/// The first restart's wait when a file sets no `backoff`.
+pub const DEFAULT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between restarts when a file sets no `backoff`.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl RestartPolicy {
+    /// The wait before the `n`-th consecutive restart (n starts at 1): n × `backoff` when the
+    /// file sets one; otherwise 0.1 s, 0.2 s, 0.4 s … doubling up to 10 s, so a program that can
+    /// never start costs one attempt per 10 s, not hundreds per second.
+    pub fn delay(&self, n: u32) -> Duration {
+        match self.backoff {
+            Some(b) => b.saturating_mul(n),
+            None => {
+                let doublings = n.saturating_sub(1).min(16);
+                DEFAULT_BACKOFF_FIRST
+                    .saturating_mul(1 << doublings)
+                    .min(DEFAULT_BACKOFF_MAX)
+            }
+        }
+    }
 }
 
 /// Health checks; every configured check must pass.
@@ -234,9 +265,9 @@ struct RawService {
     working_directory: Option<PathBuf>,
     stdout: Option<String>,
     stderr: Option<String>,
-    #[serde(default, deserialize_with = "byte_size")]
+    #[serde(default = "default_rotate_size", deserialize_with = "byte_size")]
     stdout_rotate_size: u64,
-    #[serde(default, deserialize_with = "byte_size")]
+    #[serde(default = "default_rotate_size", deserialize_with = "byte_size")]
     stderr_rotate_size: u64,
     // Accepted for compatibility: rotated files are always numbered (`log.1` …).
     #[serde(default)]
@@ -274,8 +305,8 @@ enum UserValue {
 struct RawRestart {
     #[serde(default)]
     strategy: RestartStrategy,
-    #[serde(default, deserialize_with = "duration")]
-    backoff: Duration,
+    #[serde(default, deserialize_with = "opt_duration")]
+    backoff: Option<Duration>,
     attempts: Option<u32>,
     #[serde(default, deserialize_with = "opt_duration")]
     reset_after: Option<Duration>,
@@ -452,46 +483,74 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 // ---------------------------------------------------------------------------------------------
 // Loading.
 
-/// Replaces `${NAME}` with the variable's value. `USER` and `HOME` fall back to the current
-/// user's entry in /etc/passwd, since containers often run without them set.
-fn expand_env(text: &str, file: &Path) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut consumed = 0usize;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = &after[..end];
-        let valid_name =
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_name {
-            // Not a variable reference (e.g. a shell `${x:-y}`); leave it for the program.
-            out.push_str(&rest[start..start + 2]);
-            consumed += start + 2;
-            rest = &rest[start + 2..];
+/// Replaces `${NAME}` in one value with the variable's value; `$${` is a literal `${`. Any other
+/// `$` is left alone, so `$HOME` or `${x:-y}` reach the program (a shell) as written. Only the
+/// values listed in docs/supervisor.md are expanded, after the TOML is parsed and the command
+/// split: a value can hold any text (quotes, spaces) without breaking the file or the argv.
+/// `USER` and `HOME` fall back to the current user's passwd entry. Err: the unset name.
+pub fn expand(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
             continue;
         }
-        let value = std::env::var(name).ok().or_else(|| passwd_fallback(name));
-        match value {
-            Some(v) => out.push_str(&v),
+        let reference = tail
+            .strip_prefix("${")
+            .and_then(|t| t.find('}').map(|end| &t[..end]))
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        match reference {
+            Some(name) => {
+                let v = secret_or_env(name)
+                    .or_else(|| passwd_fallback(name))
+                    .ok_or_else(|| name.to_string())?;
+                out.push_str(&v);
+                rest = &tail[name.len() + 3..];
+            }
             None => {
-                let offset = consumed + start;
-                return Err(ConfigError {
-                    file: file.to_path_buf(),
-                    line: line_of(text, offset),
-                    message: format!("environment variable {name} (in ${{{name}}}) is not set"),
-                });
+                out.push('$');
+                rest = &tail[1..];
             }
         }
-        consumed += start + 2 + end + 1;
-        rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Variables that carry secrets: envd-init takes them out of its own environment at start (so
+/// services with `keep-env` and SSH sessions never see them) and keeps them only for expansion
+/// in the service files that name them.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "ENVD_API_TOKEN",
+    "ENVD_JUPYTER_TOKEN",
+    "ENVD_VSCODE_PASSWORD",
+];
+
+static SECRETS: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
+
+/// Moves [`SECRET_VARIABLES`] out of the process environment into envd-init's private store.
+/// Call once, before any thread starts.
+pub fn take_secrets_from_env() {
+    let mut taken = BTreeMap::new();
+    for name in SECRET_VARIABLES {
+        if let Some(v) = std::env::var_os(name) {
+            taken.insert(name.to_string(), v.to_string_lossy().into_owned());
+            std::env::remove_var(name);
+        }
+    }
+    let _ = SECRETS.set(taken);
+}
+
+/// A secret taken by [`take_secrets_from_env`], else the environment variable.
+pub fn secret_or_env(name: &str) -> Option<String> {
+    SECRETS
+        .get()
+        .and_then(|m| m.get(name).cloned())
+        .or_else(|| std::env::var(name).ok())
 }
 
 fn passwd_fallback(name: &str) -> Option<String> {
@@ -521,7 +580,7 @@ pub fn parse_service(file: &Path, text: &str) -> Result<ServiceSpec, ConfigError
 }
 
 fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
-    let text = expand_env(original, file)?;
+    let text = original.to_string();
     let err_at = |offset: usize, message: String| ConfigError {
         file: file.to_path_buf(),
         line: line_of(&text, offset),
@@ -536,7 +595,8 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
         }
     })?;
 
-    let name = match raw.name {
+    let mut raw = raw;
+    let name = match raw.name.take() {
         Some(n) => n,
         None => file
             .file_stem()
@@ -546,16 +606,41 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
     if name.is_empty() {
         return Err(err_at(0, "the service name is empty".into()));
     }
+    let unset = |name: String| {
+        let at = text.find(&format!("${{{name}}}")).unwrap_or(0);
+        err_at(
+            at,
+            format!(
+                "environment variable {name} (in ${{{name}}}) is not set (write $${{{name}}} to pass ${{{name}}} on as it is)"
+            ),
+        )
+    };
+    let ex = |v: String| expand(&v).map_err(unset);
+    let ex_opt = |v: Option<String>| v.map(ex).transpose();
+    let ex_all = |v: Vec<String>| v.into_iter().map(ex).collect::<Result<Vec<_>, _>>();
     let command_span = raw.command.span();
     let argv = split_command(raw.command.get_ref())
         .map_err(|m| err_at(command_span.start, format!("command: {m}")))?;
+    let argv = ex_all(argv)?;
     let health_command = match &raw.healthiness.command {
-        Some(c) => Some(
-            split_command(c.get_ref())
-                .map_err(|m| err_at(c.span().start, format!("healthiness command: {m}")))?,
-        ),
+        Some(c) => Some(ex_all(split_command(c.get_ref()).map_err(|m| {
+            err_at(c.span().start, format!("healthiness command: {m}"))
+        })?)?),
         None => None,
     };
+    raw.healthiness.http_endpoint = ex_opt(raw.healthiness.http_endpoint)?;
+    raw.healthiness.tcp = ex_opt(raw.healthiness.tcp)?;
+    raw.healthiness.file_path = ex_opt(path_text(raw.healthiness.file_path))?.map(PathBuf::from);
+    raw.working_directory = ex_opt(path_text(raw.working_directory))?.map(PathBuf::from);
+    raw.stdout = ex_opt(raw.stdout)?;
+    raw.stderr = ex_opt(raw.stderr)?;
+    raw.user = match raw.user {
+        Some(UserValue::Name(n)) => Some(UserValue::Name(ex(n)?)),
+        other => other,
+    };
+    for v in raw.environment.additional.values_mut() {
+        *v = ex(std::mem::take(v))?;
+    }
     if let Some(url) = &raw.healthiness.http_endpoint {
         if !url.starts_with("http://") {
             return Err(err_at(
@@ -644,6 +729,10 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
         shutdown_after_offset,
         die_if_failed_offset,
     })
+}
+
+fn path_text(p: Option<PathBuf>) -> Option<String> {
+    p.map(|p| p.to_string_lossy().into_owned())
 }
 
 fn split_command(command: &str) -> Result<Vec<String>, String> {
@@ -964,6 +1053,53 @@ mod tests {
         assert_eq!(s.restart.strategy, RestartStrategy::OnFailure);
         assert_eq!(s.restart.attempts, Some(2));
         assert!(s.env.keep_env);
+    }
+
+    #[test]
+    fn expansion_reaches_only_named_values_and_keeps_shell_text() {
+        std::env::set_var("ENVD_TEST_DIR", "/work/my \"odd\" dir");
+        let text = r#"command = "/bin/bash -c 'x=1; echo $${x} $HOME $${ENVD_TEST_DIR} ${ENVD_TEST_DIR}'"
+working-directory = "${ENVD_TEST_DIR}"
+[environment]
+additional = { WHERE = "${ENVD_TEST_DIR}/sub" }
+"#;
+        let s = parse(text).unwrap();
+        assert_eq!(
+            s.argv[2],
+            "x=1; echo ${x} $HOME ${ENVD_TEST_DIR} /work/my \"odd\" dir",
+            "{:?}",
+            s.argv
+        );
+        assert_eq!(
+            s.working_directory.unwrap(),
+            PathBuf::from("/work/my \"odd\" dir")
+        );
+        assert_eq!(s.env.additional["WHERE"], "/work/my \"odd\" dir/sub");
+    }
+
+    #[test]
+    fn expand_rules() {
+        std::env::set_var("ENVD_TEST_X", "v a l");
+        assert_eq!(expand("a ${ENVD_TEST_X} b").unwrap(), "a v a l b");
+        assert_eq!(expand("$${ENVD_TEST_X}").unwrap(), "${ENVD_TEST_X}");
+        assert_eq!(expand("$HOME ${x:-y} $ $$ ${").unwrap(), "$HOME ${x:-y} $ $$ ${");
+        assert_eq!(expand("${ENVD_TEST_SURELY_UNSET}").unwrap_err(), "ENVD_TEST_SURELY_UNSET");
+    }
+
+    #[test]
+    fn restart_delay_curves() {
+        let policy = |backoff| RestartPolicy {
+            strategy: RestartStrategy::Always,
+            backoff,
+            attempts: None,
+            reset_after: Duration::from_secs(10),
+        };
+        let default: Vec<u128> = (1..=10).map(|n| policy(None).delay(n).as_millis()).collect();
+        assert_eq!(default, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
+        assert_eq!(policy(None).delay(u32::MAX), DEFAULT_BACKOFF_MAX);
+        let horust = policy(Some(Duration::from_secs(1)));
+        assert_eq!(horust.delay(3), Duration::from_secs(3));
+        assert_eq!(policy(Some(Duration::ZERO)).delay(5), Duration::ZERO);
     }
 
     #[test]

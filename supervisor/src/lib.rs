@@ -11,6 +11,10 @@
 //! - [`supervisor`]: the event-driven state machine (dependencies, restarts with backoff and
 //!   attempts, failure strategies, ordered stop, reload on SIGHUP, signal forwarding);
 //! - [`health`]: http, tcp, file and command health checks;
+//! - [`console`]: envd-init's stdout and stderr, written by one thread so a stalled reader never
+//!   blocks PID 1 (overflow is dropped and counted);
+//! - [`guard`]: a panic in one subsystem is logged and contained; the reaper, signal handling
+//!   and the API are started again;
 //! - [`logs`]: per-service log files with bounded rotation and an in-memory tail;
 //! - [`api`] and [`client`]: the gRPC API (`grpc.health.v1.Health` and
 //!   `envd.supervisor.v1.Supervisor`) on a unix socket and, with a bearer token, on TCP. The host
@@ -19,6 +23,8 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod console;
+pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod log;

@@ -39,14 +39,14 @@ pub fn enabled(level: Level) -> bool {
 
 /// Writes one line (used by the macros).
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
     let tag = match level {
         Level::Error => "error",
         Level::Warn => "warn",
         Level::Info => "info",
         Level::Debug => "debug",
     };
-    let _ = writeln!(std::io::stderr().lock(), "envd-init: {tag}: {args}");
+    let line = format!("envd-init: {tag}: {args}\n");
+    crate::console::write(crate::console::Fd::Stderr, line.as_bytes());
 }
 
 /// Logs at info level.

@@ -116,11 +116,18 @@ impl Sink {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let _ = match self {
-            Sink::Stdout => std::io::stdout().lock().write_all(bytes),
-            Sink::Stderr => std::io::stderr().lock().write_all(bytes),
-            Sink::File(f) => f.write(bytes),
-        };
+        // Never blocks: a reader of envd-init's output that stalls loses output, not PID 1.
+        match self {
+            Sink::Stdout => {
+                crate::console::write(crate::console::Fd::Stdout, bytes);
+            }
+            Sink::Stderr => {
+                crate::console::write(crate::console::Fd::Stderr, bytes);
+            }
+            Sink::File(f) => {
+                let _ = f.write(bytes);
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use envd_supervisor::proto::supervisor::{
     Health, ListServicesRequest, LogsRequest, ServiceRequest, ServiceState, ServiceStatus,
 };
 use envd_supervisor::supervisor::{self, Options};
-use envd_supervisor::{client, config, identity, DEFAULT_API_SOCKET};
+use envd_supervisor::{client, config, guard, identity, DEFAULT_API_SOCKET};
 
 /// envd-init: supervises an envd environment's services as PID 1 and reports their health.
 #[derive(Parser)]
@@ -103,6 +103,9 @@ enum CtlAction {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: secrets leave the environment services and sessions inherit.
+    config::take_secrets_from_env();
+    guard::install_panic_hook();
     let cli = Cli::parse();
     envd_supervisor::log::init_from_env();
     // Before the runtime's threads and before the service files are read (they expand ${USER}).
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Some(Command::Ctl { api_socket, action }) => runtime.block_on(ctl(api_socket, action)),
         None => runtime.block_on(init(cli)),
     };
+    envd_supervisor::console::drain(std::time::Duration::from_secs(1));
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
@@ -178,15 +182,21 @@ async fn init(cli: Cli) -> i32 {
         move |shared| {
             let api = Api::new(shared);
             let unix_api = api.clone();
-            tokio::spawn(async move {
-                if let Err(e) = api::serve_unix(&socket, unix_api).await {
-                    envd_supervisor::warn!("API socket {} unavailable: {e}", socket.display());
+            guard::spawn_restarting("the API socket", move || {
+                let (socket, api) = (socket.clone(), unix_api.clone());
+                async move {
+                    if let Err(e) = api::serve_unix(&socket, api).await {
+                        envd_supervisor::warn!("API socket {} unavailable: {e}", socket.display());
+                    }
                 }
             });
             if let (Some(addr), Some(token)) = (listen, token) {
-                tokio::spawn(async move {
-                    if let Err(e) = api::serve_tcp(addr, token, api).await {
-                        envd_supervisor::warn!("API on {addr} unavailable: {e}");
+                guard::spawn_restarting("the TCP API", move || {
+                    let (token, api) = (token.clone(), api.clone());
+                    async move {
+                        if let Err(e) = api::serve_tcp(addr, token, api).await {
+                            envd_supervisor::warn!("API on {addr} unavailable: {e}");
+                        }
                     }
                 });
             }
@@ -201,8 +211,8 @@ fn api_token(file: Option<&PathBuf>) -> Result<String, String> {
             .map_err(|e| format!("cannot read {}: {e}", f.display()))?
             .trim()
             .to_string(),
-        None => std::env::var("ENVD_API_TOKEN")
-            .map_err(|_| "set ENVD_API_TOKEN or --api-token-file".to_string())?,
+        None => config::secret_or_env("ENVD_API_TOKEN")
+            .ok_or_else(|| "set ENVD_API_TOKEN or --api-token-file".to_string())?,
     };
     if token.len() < 16 {
         return Err("the API token must be at least 16 characters".into());

@@ -22,6 +22,7 @@ use crate::config::{self, FailureStrategy, RestartStrategy, ServiceSpec};
 use crate::health::{self, CheckContext, HealthReport};
 use crate::logs::{self, Line, LogBuffer, Sink, Stream};
 use crate::proto::supervisor::{ExitInfo, Health, ServiceState, ServiceStatus};
+use crate::guard;
 use crate::reaper::{self, Exit, ExitKind, Waiters};
 use crate::spawn::{self, SpawnRequest};
 
@@ -136,6 +137,8 @@ struct Service {
     /// The process group of a stopping service whose leader has exited but whose other members
     /// have not yet: the stop is complete only when the group is empty (or SIGKILLed).
     lingering: Option<Pid>,
+    /// Why the last start failed before the program ran (missing binary, bad user ...).
+    start_error: Option<String>,
 }
 
 impl Service {
@@ -158,6 +161,7 @@ impl Service {
             removed: false,
             logs,
             lingering: None,
+            start_error: None,
         }
     }
 
@@ -274,12 +278,17 @@ pub async fn run(
     // Signal handlers first, so nothing sent during start-up is lost.
     for &sig in HANDLED_SIGNALS {
         match signal(SignalKind::from_raw(sig as i32)) {
-            Ok(mut stream) => {
+            Ok(stream) => {
                 let tx = events_tx.clone();
-                tokio::spawn(async move {
-                    while stream.recv().await.is_some() {
-                        if tx.send(Event::Signal(sig)).is_err() {
-                            break;
+                let stream = Arc::new(tokio::sync::Mutex::new(stream));
+                guard::spawn_restarting("signal handling", move || {
+                    let (tx, stream) = (tx.clone(), stream.clone());
+                    async move {
+                        let mut stream = stream.lock().await;
+                        while stream.recv().await.is_some() {
+                            if tx.send(Event::Signal(sig)).is_err() {
+                                break;
+                            }
                         }
                     }
                 });
@@ -297,7 +306,12 @@ pub async fn run(
             }
         });
     }
-    tokio::spawn(reaper::run(waiters.clone(), exit_tx));
+    {
+        let (waiters, exit_tx) = (waiters.clone(), exit_tx);
+        guard::spawn_restarting("the reaper", move || {
+            reaper::run(waiters.clone(), exit_tx.clone())
+        });
+    }
 
     let is_pid1 = std::process::id() == 1;
     if !is_pid1 {
@@ -353,13 +367,14 @@ pub async fn run(
         let Some(event) = events_rx.recv().await else {
             break;
         };
-        sup.handle(event);
+        // A bug in handling one event must not take PID 1 (and the container) down with it.
+        guard::contain("handling an event", || sup.handle(event));
         // Drain what is already queued before publishing once.
         while let Ok(event) = events_rx.try_recv() {
-            sup.handle(event);
+            guard::contain("handling an event", || sup.handle(event));
         }
-        sup.tick();
-        sup.publish();
+        guard::contain("starting services", || sup.tick());
+        guard::contain("publishing status", || sup.publish());
     }
     sup.exit_code()
 }
@@ -517,6 +532,7 @@ impl Supervisor {
                 let has_checks = spec.health.has_checks();
                 let s = &mut self.services[idx];
                 s.pid = Some(pid);
+                s.start_error = None;
                 if has_checks {
                     s.health = Health::Unknown;
                     s.set_state(ServiceState::Starting, "waiting for health checks");
@@ -531,11 +547,12 @@ impl Supervisor {
                 crate::info!("{}: started (pid {})", spec.name, pid.as_raw());
             }
             Err(message) => {
+                // A start that fails follows the restart policy like an exit with 127 (a
+                // shell's "command not found"): a binary that appears later is picked up.
                 let s = &mut self.services[idx];
                 s.note(format!("cannot start: {message}"));
-                s.health = Health::Unhealthy;
-                s.set_state(ServiceState::Failed, format!("cannot start: {message}"));
-                self.on_final_failure(idx);
+                s.start_error = Some(message);
+                self.on_service_exit(idx, ExitKind::Code(127));
             }
         }
     }
@@ -752,13 +769,14 @@ impl Supervisor {
         if wants_restart && within_attempts && !self.shutting_down {
             s.attempts_used += 1;
             s.restarts += 1;
-            let delay = s.spec.start_delay + s.spec.restart.backoff * s.attempts_used;
+            let delay = s.spec.start_delay + s.spec.restart.delay(s.attempts_used);
             s.note(format!(
                 "exited ({kind}); restart {} in {delay:?}",
                 s.restarts
             ));
             s.health = Health::Unknown;
-            if delay.is_zero() {
+            // After a failed start, always through a timer: a zero backoff must not recurse.
+            if delay.is_zero() && s.start_error.is_none() {
                 s.set_state(ServiceState::Pending, format!("restarting after {kind}"));
                 s.delay_done = true;
                 self.start(idx);
@@ -776,10 +794,14 @@ impl Supervisor {
             s.note(format!("finished ({kind})"));
             s.set_state(ServiceState::Finished, format!("finished ({kind})"));
         } else {
+            let what = match &s.start_error {
+                Some(e) => format!("cannot start: {e}"),
+                None => format!("failed ({kind})"),
+            };
             let why = if wants_restart && !within_attempts {
-                format!("failed ({kind}) after {} restart attempts", s.attempts_used)
+                format!("{what} after {} restart attempts", s.attempts_used)
             } else {
-                format!("failed ({kind})")
+                what
             };
             s.note(why.clone());
             s.health = Health::Unhealthy;

@@ -148,6 +148,11 @@ impl Sshd {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// A path in the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -227,4 +232,45 @@ pub fn stdout(o: &Output) -> String {
 /// stderr as a string.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A russh client that accepts any host key: for sending what OpenSSH's client never would.
+pub struct RawClient;
+
+impl russh::client::Handler for RawClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+impl Sshd {
+    /// Logs in with this server's client key as `user` over a russh client.
+    pub async fn raw_login(&self, user: &str) -> russh::client::Handle<RawClient> {
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut handle = russh::client::connect(config, ("127.0.0.1", self.port), RawClient)
+            .await
+            .expect("connect");
+        let key = russh::keys::load_secret_key(self.path("id_ed25519"), None).expect("key");
+        let key = russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None);
+        let auth = handle
+            .authenticate_publickey(user, key)
+            .await
+            .expect("auth");
+        assert!(auth.success(), "raw login as {user} failed:\n{}", self.log());
+        handle
+    }
+}
+
+/// The login name of the account the tests run as (what envd-sshd serves when started by them).
+pub fn current_user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "root".into())
 }

@@ -101,6 +101,17 @@ fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
 }
 
+/// A TOML basic string holding `s` exactly (any quotes, backslashes or control characters).
+pub(crate) fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// User text placed in a service file's command: envd-init expands `${NAME}` there, so a
+/// script's own `${x}` is written `$${x}` and reaches the shell as written.
+fn literal(user_text: &str) -> String {
+    user_text.replace("${", "$${")
+}
+
 fn quote(s: &str) -> String {
     shlex::try_quote(s)
         .map(|c| c.into_owned())
@@ -136,7 +147,7 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
     files.push((
         "sshd".to_string(),
         format!(
-            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
+            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
         ),
     ));
     for (i, cmd) in g.runtime.init.iter().enumerate() {
@@ -144,8 +155,8 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
         files.push((
             format!("init_{i}"),
             format!(
-                "# Written by envd: runtime.init.\ncommand = {:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n\n[environment]\nkeep-env = true\n",
-                format!("/bin/bash -c {}", quote(&script))
+                "# Written by envd: runtime.init.\ncommand = {}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n\n[environment]\nkeep-env = true\n",
+                toml_string(&literal(&format!("/bin/bash -c {}", quote(&script))))
             ),
         ));
     }
@@ -154,7 +165,7 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
         files.push((
             "jupyter".to_string(),
             format!(
-                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{prefix}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.allow_root=True --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+                "# Written by envd: config.jupyter. The token comes from the container's environment;\n# envd up always sets one (never an open server).\ncommand = \"{prefix}/bin/jupyter lab --ip 0.0.0.0 --port {JUPYTER_PORT} --no-browser --ServerApp.token=${{ENVD_JUPYTER_TOKEN}} --ServerApp.allow_root=True --ServerApp.root_dir=${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{JUPYTER_PORT}/api\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
             ),
         ));
     }
@@ -168,7 +179,8 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
         files.push((
             "entrypoint".to_string(),
             format!(
-                "# Written by envd: config.entrypoint, run once under envd-init.\ncommand = {command:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n"
+                "# Written by envd: config.entrypoint, run once under envd-init.\ncommand = {}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n",
+                toml_string(&literal(&command))
             ),
         ));
     }
@@ -178,7 +190,8 @@ pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
         files.push((
             format!("daemon_{i}"),
             format!(
-                "# Written by envd: runtime.daemon.\ncommand = {command:?}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n"
+                "# Written by envd: runtime.daemon.\ncommand = {}\nworking-directory = \"${{ENVD_WORKDIR}}\"\n{after}\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\n",
+                toml_string(&literal(&command))
             ),
         ));
     }
@@ -754,6 +767,9 @@ fn image_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tests that set ENVD_WORKDIR (read by envd-init's expansion) take turns.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     use crate::lang::{evaluate_with_cache, Entry};
 
     fn graph(text: &str) -> Graph {
@@ -800,6 +816,7 @@ mod tests {
         assert!(text.contains("chown 1000:1000"), "{text}");
         assert_eq!(cfg["config"]["Labels"][LABEL_DIGEST], "abc");
         // Every generated service file is valid for envd-init.
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", "/home/envd");
         std::env::set_var("ENVD_JUPYTER_TOKEN", "t");
         for (name, text) in service_files(&g, "/bin/bash") {
@@ -811,6 +828,34 @@ mod tests {
         }
         // Same graph, same digests.
         assert_eq!(compile(&g, &ctx()).unwrap().definition, c.definition);
+    }
+
+    #[test]
+    fn service_files_carry_any_script_text_and_any_working_directory() {
+        // Shell variables, quotes of both kinds, backslashes, a tab, `$${`, and a working
+        // directory with spaces and quotes: every file parses and the program gets the text.
+        let script = "x=\"a b\"; echo \"${x}\" '${HOME}' $$ \\n\t$${y:-z} `date`";
+        let mut g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n");
+        g.runtime.init = vec![script.to_string()];
+        g.runtime.daemons = vec![vec!["/bin/sh".into(), "-c".into(), script.into()]];
+        let odd_dir = "/home/envd/my \"odd\" dir's";
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("ENVD_WORKDIR", odd_dir);
+        let files = service_files(&g, "/bin/bash");
+        let parse = |name: &str| {
+            let (_, text) = files.iter().find(|(n, _)| n == name).unwrap();
+            envd_supervisor::config::parse_service(
+                std::path::Path::new(&format!("{name}.toml")),
+                text,
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let init = parse("init_0");
+        assert_eq!(init.argv[..2], ["/bin/bash", "-c"]);
+        assert_eq!(init.argv[2], format!("set -euo pipefail\n{script}"));
+        assert_eq!(init.working_directory.unwrap(), std::path::Path::new(odd_dir));
+        let daemon = parse("daemon_0");
+        assert_eq!(daemon.argv, ["/bin/sh", "-c", script]);
     }
 
     #[test]
@@ -833,6 +878,7 @@ mod tests {
         assert!(text.find("getent passwd 1000").unwrap() < copied, "{text}");
         let cfg: serde_json::Value = serde_json::from_slice(&c.config).unwrap();
         assert!(cfg["config"]["ExposedPorts"]["8080/tcp"].is_object());
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", "/home/envd");
         std::env::set_var(vscode::ENV_VSCODE_PASSWORD, "p");
         let (name, text) = service_files(&g, "/bin/bash")

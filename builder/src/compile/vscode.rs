@@ -150,7 +150,8 @@ pub fn service_file(after: &str) -> (String, String) {
     (
         "vscode".to_string(),
         format!(
-            "# Written by envd: config.vscode_server. The password comes from the container's\n# environment; envd up always sets one (never an open server).\ncommand = {command:?}\n{after}working-directory = \"${{ENVD_WORKDIR}}\"\n\n[environment]\nkeep-env = true\nadditional = {{ PASSWORD = \"${{{ENV_VSCODE_PASSWORD}}}\" }}\n\n[restart]\nstrategy = \"always\"\nbackoff = \"1s\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{VSCODE_PORT}/healthz\"\ninterval = \"2s\"\nstart-period = \"60s\"\n"
+            "# Written by envd: config.vscode_server. The password comes from the container's\n# environment; envd up always sets one (never an open server).\ncommand = {}\n{after}working-directory = \"${{ENVD_WORKDIR}}\"\n\n[environment]\nkeep-env = true\nadditional = {{ PASSWORD = \"${{{ENV_VSCODE_PASSWORD}}}\" }}\n\n[restart]\nstrategy = \"always\"\n\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{VSCODE_PORT}/healthz\"\ninterval = \"2s\"\nstart-period = \"60s\"\n",
+            super::toml_string(&command)
         ),
     )
 }
