@@ -20,15 +20,18 @@ use crate::graph::Graph;
 /// Where the context's files sit inside the context image.
 pub const ROOT: &str = "/context";
 
-/// One file or directory to carry.
+/// One file, directory or symbolic link to carry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
     /// Path relative to the build context, `/`-separated.
     pub rel: String,
     /// Unix mode bits.
     pub mode: u32,
-    /// `None` for a directory.
+    /// `None` for a directory or a link.
     pub data: Option<Vec<u8>>,
+    /// The target of a symbolic link, carried as a link (never followed: a link inside a
+    /// directory may point anywhere on the host, as BuildKit's context transfer does).
+    pub link: Option<String>,
 }
 
 /// The files a program needs from its build context.
@@ -112,12 +115,31 @@ pub fn referenced_paths(g: &Graph) -> Vec<String> {
     out
 }
 
+/// A named path (`io.copy`'s source, a requirements file) may be or pass through a link, but
+/// must resolve inside the context: a link to `~/.ssh` is never read.
+fn check_inside(root: &Path, path: &Path) -> anyhow::Result<()> {
+    let real_root = std::fs::canonicalize(root)
+        .with_context(|| format!("cannot resolve the build context {}", root.display()))?;
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("{} is missing from the build context", path.display()))?;
+    if !real.starts_with(&real_root) {
+        bail!(
+            "{} resolves to {}, outside the build context {}; envd never reads outside it",
+            path.display(),
+            real.display(),
+            real_root.display()
+        );
+    }
+    Ok(())
+}
+
 fn walk(root: &Path, rel: &str, out: &mut BTreeSet<Entry>) -> anyhow::Result<()> {
     let path = if rel.is_empty() {
         root.to_path_buf()
     } else {
         root.join(rel)
     };
+    check_inside(root, &path)?;
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("{} is missing from the build context", path.display()))?;
     // Parent directories, so the image has them with sane modes.
@@ -129,6 +151,7 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeSet<Entry>) -> anyhow::Result<()>
             rel: parent.to_string_lossy().into_owned(),
             mode: 0o755,
             data: None,
+            link: None,
         });
     }
     if meta.is_dir() {
@@ -137,6 +160,7 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeSet<Entry>) -> anyhow::Result<()>
                 rel: rel.to_string(),
                 mode: meta.permissions().mode() & 0o7777,
                 data: None,
+                link: None,
             });
         }
         let mut names: Vec<_> = std::fs::read_dir(&path)
@@ -150,15 +174,15 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeSet<Entry>) -> anyhow::Result<()>
             } else {
                 format!("{rel}/{name}")
             };
-            let ft = e.file_type()?;
-            if ft.is_symlink() {
-                // Followed only when it points at a file; links to directories could loop.
-                if std::fs::metadata(e.path())
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
-                {
-                    walk(root, &child, out)?;
-                }
+            if e.file_type()?.is_symlink() {
+                let target = std::fs::read_link(e.path())
+                    .with_context(|| format!("cannot read the link {}", e.path().display()))?;
+                out.insert(Entry {
+                    rel: child,
+                    mode: 0o777,
+                    data: None,
+                    link: Some(target.to_string_lossy().into_owned()),
+                });
                 continue;
             }
             walk(root, &child, out)?;
@@ -170,6 +194,7 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeSet<Entry>) -> anyhow::Result<()>
             rel: rel.to_string(),
             mode: meta.permissions().mode() & 0o7777,
             data: Some(data),
+            link: None,
         });
     }
     Ok(())
@@ -194,12 +219,16 @@ pub fn collect(root: &Path, g: &Graph) -> anyhow::Result<BuildContext> {
         h.update(e.rel.as_bytes());
         h.update([0]);
         h.update(e.mode.to_le_bytes());
-        match &e.data {
-            Some(d) => {
+        match (&e.data, &e.link) {
+            (Some(d), _) => {
                 h.update((d.len() as u64).to_le_bytes());
                 h.update(d);
             }
-            None => h.update(u64::MAX.to_le_bytes()),
+            (None, Some(target)) => {
+                h.update((u64::MAX - 1).to_le_bytes());
+                h.update(target.as_bytes());
+            }
+            (None, None) => h.update(u64::MAX.to_le_bytes()),
         }
     }
     Ok(BuildContext {
@@ -263,5 +292,36 @@ mod tests {
         )
         .unwrap();
         assert!(whole.entries.iter().any(|e| e.rel == "requirements.txt"));
+    }
+
+    #[test]
+    fn links_are_carried_as_links_and_named_paths_never_leave_the_context() {
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::write(secrets.path().join("id_rsa"), "PRIVATE").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink(secrets.path(), dir.path().join("data/ssh")).unwrap();
+        std::os::unix::fs::symlink("a.txt", dir.path().join("data/b.txt")).unwrap();
+        std::os::unix::fs::symlink(secrets.path().join("id_rsa"), dir.path().join("key"))
+            .unwrap();
+        let copy = |source: &str| Graph {
+            copies: vec![Copy {
+                source: source.into(),
+                target: "/x".into(),
+                image: None,
+            }],
+            ..Default::default()
+        };
+        let c = collect(dir.path(), &copy("data")).unwrap();
+        let all = format!("{:?}", c.entries);
+        assert!(!all.contains("PRIVATE") && !all.contains("id_rsa"), "{all}");
+        let link = |rel: &str| c.entries.iter().find(|e| e.rel == rel).unwrap().link.clone();
+        assert_eq!(link("data/ssh").unwrap(), secrets.path().to_string_lossy());
+        assert_eq!(link("data/b.txt").unwrap(), "a.txt");
+        for named in ["key", "data/ssh/id_rsa", "data/ssh"] {
+            let e = format!("{:#}", collect(dir.path(), &copy(named)).unwrap_err());
+            assert!(e.contains("outside the build context"), "{named}: {e}");
+        }
     }
 }

@@ -168,6 +168,23 @@ fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8], mode: u32) {
     out.extend(std::iter::repeat_n(0u8, pad));
 }
 
+/// Appends a symbolic link; ustar holds targets of up to 100 bytes.
+fn tar_link(out: &mut Vec<u8>, name: &str, target: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        target.len() <= 100,
+        "the link {name} points at a path longer than 100 bytes, which envd cannot carry"
+    );
+    let start = out.len();
+    tar_header(out, name, 0, 0o777, b'2');
+    let h = &mut out[start..start + 512];
+    h[157..157 + target.len()].copy_from_slice(target.as_bytes());
+    // The checksum covers the link name: recompute it.
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    Ok(())
+}
+
 /// Appends one ustar header. Names longer than 100 bytes are split into ustar's prefix (up to
 /// 155 bytes, at a `/`) and name fields.
 fn tar_header(out: &mut Vec<u8>, name: &str, size: usize, mode: u32, kind: u8) {
@@ -218,9 +235,10 @@ pub async fn ensure_context_image(
     tar_header(&mut tar, root, 0, 0o755, b'5');
     for e in &ctx.entries {
         let path = format!("{root}/{}", e.rel);
-        match &e.data {
-            Some(d) => tar_entry(&mut tar, &path, d, e.mode),
-            None => tar_header(&mut tar, &path, 0, e.mode, b'5'),
+        match (&e.data, &e.link) {
+            (Some(d), _) => tar_entry(&mut tar, &path, d, e.mode),
+            (None, Some(target)) => tar_link(&mut tar, &path, target)?,
+            (None, None) => tar_header(&mut tar, &path, 0, e.mode, b'5'),
         }
     }
     tar.extend_from_slice(&[0u8; 1024]);
@@ -238,6 +256,7 @@ mod tests {
         let mut t = Vec::new();
         tar_entry(&mut t, "hello", b"hi\n", 0o755);
         tar_header(&mut t, "dir", 0, 0o755, b'5');
+        tar_link(&mut t, "dir/link", "../hello").unwrap();
         let long = format!("dir/{}/{}", "a".repeat(90), "b".repeat(60));
         tar_entry(&mut t, &long, b"long\n", 0o644);
         t.extend_from_slice(&[0u8; 1024]);
@@ -257,6 +276,7 @@ mod tests {
         assert!(listing.contains("hello"));
         assert!(listing.contains(&long), "{listing}");
         assert!(listing.contains("drwxr-xr-x"), "{listing}");
+        assert!(listing.contains("dir/link -> ../hello"), "{listing}");
     }
 
     #[test]

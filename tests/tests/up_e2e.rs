@@ -363,6 +363,34 @@ fn a_failing_service_is_reported_with_its_log() {
 }
 
 #[test]
+fn a_container_that_exits_at_once_is_reported_within_seconds() {
+    // A service file with a typo copied into the image: envd-init refuses to start (exit 2).
+    // Before issue 11 `envd up` waited out its whole timeout and blamed the API.
+    require_docker();
+    let (_root, dir) = project(
+        "e2eexits",
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    io.copy(source=\"bad.toml\", target=\"/etc/envd/services/bad.toml\")\n",
+    );
+    std::fs::write(dir.join("bad.toml"), "command = \"sleep 1\"\nrestrat = \"always\"\n").unwrap();
+    let _down = Down("e2eexits");
+    let t = Instant::now();
+    let out = envd(&[
+        "up",
+        "--path",
+        dir.to_str().unwrap(),
+        "--detach",
+        "--timeout",
+        "300s",
+    ]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("stopped while starting (exit code 2)"), "{log}");
+    assert!(log.contains("bad.toml:2"), "envd-init's located error is not shown:\n{log}");
+    // The build is cached by the test above; the failure itself must show in seconds.
+    assert!(t.elapsed() < Duration::from_secs(120), "took {:?}", t.elapsed());
+}
+
+#[test]
 fn a_missing_docker_engine_is_named() {
     let o = Command::new(envd_e2e::runtime_dir().join("envd"))
         .args(["ls"])

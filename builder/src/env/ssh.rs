@@ -96,9 +96,43 @@ pub fn ensure_user_key() -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The container's host key as one plain `TYPE BASE64` entry. What the container's `.pub` file
+/// holds is not trusted: more lines, `@cert-authority` or `@revoked` markers, host patterns or
+/// anything that is not one public key is refused, so a container can never add its own lines
+/// to envd's known_hosts.
+pub fn plain_host_key(text: &str) -> anyhow::Result<String> {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let [line] = lines.as_slice() else {
+        bail!("expected one public key line, found {}", lines.len());
+    };
+    let mut key = ssh_key::PublicKey::from_openssh(line)
+        .map_err(|e| anyhow::anyhow!("not one plain public key ({e}): {line:.80}"))?;
+    key.set_comment("");
+    Ok(key.to_openssh()?.trim().to_string())
+}
+
+/// The file a write to `path` must change: a symlinked `~/.ssh/config` (dotfiles managers do
+/// this) stays a link and its target gets the new text.
+fn through_links(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(target) => {
+                p = match p.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    p
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half a
 /// file.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let path = &through_links(path);
     let tmp = path.with_extension("envd-tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -180,6 +214,9 @@ pub fn host_entry(name: &str, port: u16) -> String {
 /// Records an environment: pins its host key and writes its `Host` entry, and makes sure the
 /// user's `~/.ssh/config` includes envd's file.
 pub fn add_environment(name: &str, port: u16, host_key: &str) -> anyhow::Result<()> {
+    let host_key = plain_host_key(host_key)
+        .with_context(|| format!("the environment {name} offers an unusable SSH host key"))?;
+    let host_key = host_key.as_str();
     let alias = host_alias(name);
     let dir = config_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -243,6 +280,33 @@ pub fn ensure_include() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_one_plain_host_key_is_ever_pinned() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
+        assert_eq!(plain_host_key(&format!("{key} root@box\n")).unwrap(), key);
+        for bad in [
+            format!("{key}\n* {key}\n"),
+            format!("@cert-authority * {key}"),
+            format!("* {key}"),
+            "ssh-ed25519 AAAA!!!".to_string(),
+            String::new(),
+        ] {
+            assert!(plain_host_key(&bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_symlinked_ssh_config_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("dotfiles-ssh-config");
+        std::fs::write(&real, "Host x\n").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink("dotfiles-ssh-config", &link).unwrap();
+        write_file(&link, b"Include y\nHost x\n", 0o600).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "Include y\nHost x\n");
+    }
 
     #[test]
     fn blocks_are_replaced_and_removed_without_touching_others() {

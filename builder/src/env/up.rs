@@ -386,8 +386,13 @@ pub async fn up(
         ssh::add_environment(name, port, &host_key)?;
         anyhow::Ok(ready_at)
     };
-    let (ready, ssh_ready) =
-        tokio::join!(health::wait_ready(&env, opts.timeout, &mut show), ssh_entry);
+    let waits = async {
+        tokio::join!(health::wait_ready(&env, opts.timeout, &mut show), ssh_entry)
+    };
+    let (ready, ssh_ready) = tokio::select! {
+        both = waits => both,
+        stopped = stopped_while_starting(&docker, &env.id, name) => return Err(stopped),
+    };
     let ready = ready?;
     let Ready { services, .. } = match ready {
         Ok(r) => r,
@@ -404,6 +409,45 @@ pub async fn up(
         all_ready: started.elapsed(),
         services,
     })
+}
+
+/// Resolves once the container is no longer running, with its exit code and last output:
+/// envd-init refusing its service files exits at once, and `envd up` must say why within a
+/// second instead of waiting out its timeout.
+async fn stopped_while_starting(docker: &Docker, id: &str, name: &str) -> anyhow::Error {
+    use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
+    use futures_util::StreamExt;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let state = match docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => info.state.unwrap_or_default(),
+            Err(e) => return anyhow::anyhow!("{name} disappeared while starting: {e}"),
+        };
+        if state.running == Some(true) {
+            continue;
+        }
+        let code = state.exit_code.unwrap_or(-1);
+        let mut output = String::new();
+        let mut logs = docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "20".into(),
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(chunk)) = logs.next().await {
+            output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        let output: String = output.lines().map(|l| format!("  {l}\n")).collect();
+        return anyhow::anyhow!(
+            "{name} stopped while starting (exit code {code}). Its last output:\n{output}The container is kept for inspection: envd logs --name {name}; envd down --name {name}"
+        );
+    }
 }
 
 #[cfg(test)]
