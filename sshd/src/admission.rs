@@ -6,7 +6,6 @@
 //! connections delays a real login by seconds, never locks it out.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -183,13 +182,28 @@ pub fn refusal(reason_code: u32, description: &str) -> Vec<u8> {
     out
 }
 
-/// Refuses a connection with a reason, without waiting on the client.
+/// Refuses a connection with a reason. The client's first bytes are read and dropped for up to
+/// a second after it: closing at once would make its own first write fail ("Broken pipe")
+/// before it reads the reason.
 pub fn refuse(tcp: TcpStream, description: &str) {
-    if let Ok(std) = tcp.into_std() {
-        let _ = std.set_nonblocking(true);
-        let _ = (&std).write(&refusal(TOO_MANY_CONNECTIONS, description));
-        let _ = std.shutdown(Shutdown::Both);
-    }
+    let bytes = refusal(TOO_MANY_CONNECTIONS, description);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tcp;
+        if tcp.write_all(&bytes).await.is_err() {
+            return;
+        }
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            while let Ok(n) = tcp.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    });
 }
 
 /// Marks every descriptor above stderr close-on-exec, so what a parent left open never reaches
