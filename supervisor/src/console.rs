@@ -1,23 +1,25 @@
-//! envd-init's stdout and stderr, owned by one writer thread so that a reader who stops reading
-//! (a stalled log driver, a paused terminal, a full pipe) can never stop PID 1: writes are queued
-//! up to [`MAX_QUEUED`] bytes and what does not fit is dropped and counted, then reported on the
-//! same stream once it drains.
+//! envd-init's stdout and stderr, each owned by its own writer thread so that a reader who stops
+//! reading (a stalled log driver, a paused terminal, a full pipe) can never stop PID 1, nor the
+//! other stream: writes are queued up to [`MAX_QUEUED`] bytes per stream and what does not fit
+//! is dropped and counted, then reported on the same stream once it drains.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 
-/// Bytes waiting for a slow reader before further output is dropped.
-pub const MAX_QUEUED: usize = 4 * 1024 * 1024;
+/// Bytes per stream waiting for a slow reader before further output is dropped: with the
+/// kernel's 64 KiB pipe buffer, a burst of a few hundred KiB survives a reader's pause, and
+/// envd-init's memory stays flat however long the pause.
+pub const MAX_QUEUED: usize = 256 * 1024;
 
 /// envd-init's standard output or standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fd {
     /// File descriptor 1.
-    Stdout,
+    Stdout = 0,
     /// File descriptor 2.
-    Stderr,
+    Stderr = 1,
 }
 
 struct Console {
@@ -26,19 +28,23 @@ struct Console {
     dropped: AtomicU64,
 }
 
-static CONSOLE: OnceLock<Option<Console>> = OnceLock::new();
+static CONSOLES: [OnceLock<Option<Console>>; 2] = [OnceLock::new(), OnceLock::new()];
 static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
-fn console() -> Option<&'static Console> {
-    CONSOLE
+fn slot(fd: Fd) -> &'static OnceLock<Option<Console>> {
+    &CONSOLES[fd as usize]
+}
+
+fn console(fd: Fd) -> Option<&'static Console> {
+    slot(fd)
         .get_or_init(|| {
             let (tx, rx) = sync_channel::<(Fd, Vec<u8>)>(4096);
             let spawned = std::thread::Builder::new()
-                .name("console".into())
+                .name(format!("{fd:?}").to_lowercase())
                 .spawn(move || {
                     while let Ok((fd, bytes)) = rx.recv() {
                         write_blocking(fd, &bytes);
-                        if let Some(c) = CONSOLE.get().and_then(Option::as_ref) {
+                        if let Some(c) = slot(fd).get().and_then(Option::as_ref) {
                             c.queued.fetch_sub(bytes.len(), Ordering::SeqCst);
                             report_dropped(c, fd);
                         }
@@ -72,7 +78,7 @@ fn report_dropped(c: &Console, fd: Fd) {
 
 /// Queues `bytes` for `fd` without blocking; false (and counted) when the queue is full.
 pub fn write(fd: Fd, bytes: &[u8]) -> bool {
-    let Some(c) = console() else {
+    let Some(c) = console(fd) else {
         write_blocking(fd, bytes);
         return true;
     };
@@ -100,11 +106,10 @@ pub fn dropped_total() -> u64 {
 
 /// Waits up to `timeout` for queued output to be written (before envd-init exits).
 pub fn drain(timeout: std::time::Duration) {
-    let Some(c) = CONSOLE.get().and_then(Option::as_ref) else {
-        return;
-    };
     let deadline = std::time::Instant::now() + timeout;
-    while c.queued.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    for c in CONSOLES.iter().filter_map(|s| s.get().and_then(Option::as_ref)) {
+        while c.queued.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }

@@ -38,8 +38,28 @@ impl Init {
     /// Starts envd-init as PID 1 of a new PID namespace with `dir/services`, the API socket at
     /// `dir/api.sock`, `extra` arguments and, when `main` is not empty, `-- main...`.
     pub fn start(dir: TempDir, extra: &[&str], main: &[&str]) -> Init {
-        crate::require_root();
         let log = std::fs::File::create(dir.path().join("init.log")).expect("log");
+        Self::start_with_stdout(dir, extra, main, log.try_clone().expect("log").into())
+    }
+
+    /// Like [`Init::start`], but envd-init's stdout is a pipe nobody reads (until the returned
+    /// read end is read or dropped): a stalled log driver or a paused terminal.
+    pub fn start_with_stdout_pipe(
+        dir: TempDir,
+        extra: &[&str],
+        main: &[&str],
+    ) -> (Init, std::os::fd::OwnedFd) {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        (Self::start_with_stdout(dir, extra, main, Stdio::from(write)), read)
+    }
+
+    fn start_with_stdout(dir: TempDir, extra: &[&str], main: &[&str], stdout: Stdio) -> Init {
+        crate::require_root();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("init.log"))
+            .expect("log");
         let mut cmd = Command::new("unshare");
         cmd.args(["--fork", "--pid", "--mount-proc", "--kill-child"])
             .arg(runtime_bin("envd-init"))
@@ -53,7 +73,7 @@ impl Init {
         }
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("spawn unshare");
@@ -95,6 +115,37 @@ impl Init {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Zombies among envd-init's descendants right now.
+    pub fn zombies(&self) -> usize {
+        let root = self.host_pid();
+        let procs = host_processes();
+        procs
+            .iter()
+            .filter(|p| p.state == 'Z' && descends_from(&procs, p.pid, root))
+            .count()
+    }
+
+    /// envd-init's resident memory in kB.
+    pub fn rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.host_pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Host pids of envd-init's descendants (not envd-init itself).
+    pub fn descendants(&self) -> Vec<i32> {
+        let root = self.host_pid();
+        let procs = host_processes();
+        procs
+            .iter()
+            .filter(|p| p.pid != root && descends_from(&procs, p.pid, root))
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Sends a signal to envd-init.
@@ -215,4 +266,50 @@ pub fn wait_file(path: &Path, timeout: Duration) -> String {
 pub fn p(dir: &Path, name: &str) -> String {
     let path: PathBuf = dir.join(name);
     path.to_string_lossy().into_owned()
+}
+
+/// One process as the host's /proc shows it.
+pub struct HostProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+    /// R, S, Z ...
+    pub state: char,
+}
+
+/// Every process on the host.
+pub fn host_processes() -> Vec<HostProcess> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) S ppid ...": comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push(HostProcess { pid, ppid, state });
+    }
+    out
+}
+
+fn descends_from(procs: &[HostProcess], pid: i32, root: i32) -> bool {
+    let mut cur = pid;
+    for _ in 0..64 {
+        if cur == root {
+            return true;
+        }
+        match procs.iter().find(|p| p.pid == cur) {
+            Some(p) if p.ppid > 1 => cur = p.ppid,
+            _ => return false,
+        }
+    }
+    false
 }

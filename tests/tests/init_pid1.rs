@@ -243,7 +243,7 @@ fn restart_with_zero_backoff_is_fast() {
         dir.path(),
         "crash",
         &format!(
-            "command = \"/bin/sh -c 'date +%s%N >> {stamp}; exit 1'\"\n[restart]\nstrategy = \"on-failure\"\nattempts = 10\n"
+            "command = \"/bin/sh -c 'date +%s%N >> {stamp}; exit 1'\"\n[restart]\nstrategy = \"on-failure\"\nbackoff = \"0s\"\nattempts = 10\n"
         ),
     );
     let init = Init::start(dir, &[], &[]);
@@ -265,6 +265,87 @@ fn restart_with_zero_backoff_is_fast() {
         sorted[sorted.len() / 2] < 20,
         "restart gaps in ms: {gaps:?}"
     );
+}
+
+#[test]
+fn without_a_backoff_a_crash_loop_slows_down_instead_of_storming() {
+    // Before issue 11 the default backoff was 0: /bin/false ran ~500 times a second.
+    let dir = scratch();
+    let stamp = p(dir.path(), "stamps");
+    write_service(
+        dir.path(),
+        "storm",
+        &format!("command = \"/bin/sh -c 'echo x >> {stamp}; exit 1'\"\n[restart]\nstrategy = \"always\"\n"),
+    );
+    let _init = Init::start(dir, &[], &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = std::fs::read_to_string(&stamp).unwrap_or_default().lines().count();
+    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s: five or six runs in three seconds.
+    assert!((4..=7).contains(&runs), "{runs} runs in 3 s");
+}
+
+#[test]
+fn a_start_failure_follows_the_restart_policy_and_a_binary_that_appears_is_used() {
+    let dir = scratch();
+    let late = p(dir.path(), "late.sh");
+    let mark = p(dir.path(), "ran");
+    write_service(
+        dir.path(),
+        "late",
+        &format!("command = \"{late}\"\n[restart]\nstrategy = \"always\"\n"),
+    );
+    write_service(
+        dir.path(),
+        "never",
+        "command = \"/no/such/program\"\n[restart]\nstrategy = \"on-failure\"\nattempts = 2\n",
+    );
+    let init = Init::start(dir, &[], &[]);
+    init.wait_for("never gives up after its attempts", T, |s| {
+        s.iter().any(|x| x["name"] == "never" && x["state"] == "failed")
+    });
+    let never = init.service("never");
+    assert!(
+        never["detail"].as_str().unwrap().contains("cannot start")
+            && never["detail"].as_str().unwrap().contains("after 2 restart attempts"),
+        "{never}"
+    );
+    std::fs::write(&late, format!("#!/bin/sh\necho ok > {mark}\nexec sleep 60\n")).unwrap();
+    std::fs::set_permissions(&late, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_eq!(wait_file(std::path::Path::new(&mark), T), "ok\n");
+    init.wait_for("late runs", T, |s| {
+        s.iter().any(|x| x["name"] == "late" && x["state"] == "running")
+    });
+}
+
+#[test]
+fn a_stdout_nobody_reads_never_stops_reaping_the_api_or_sigterm() {
+    // Before issue 11, envd-init wrote service output to its stdout on its only thread: with a
+    // full pipe, 226 zombies piled up in 9 s, the API timed out and SIGTERM was ignored.
+    let dir = scratch();
+    write_service(
+        dir.path(),
+        "spew",
+        "command = \"/bin/sh -c 'while :; do head -c 1000000 /dev/zero | tr \\\\\\\\0 x; done'\"\n",
+    );
+    write_service(
+        dir.path(),
+        "orphans",
+        "command = \"/bin/sh -c 'while :; do (sleep 0.01 &); sleep 0.01; done'\"\n",
+    );
+    let (mut init, _unread) = Init::start_with_stdout_pipe(dir, &[], &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    let t = Instant::now();
+    let st = init.ctl(&["status", "--json"]);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(t.elapsed() < Duration::from_secs(1), "API took {:?}", t.elapsed());
+    assert!(
+        init.zombies() < 5,
+        "{} zombies under envd-init\n{}",
+        init.zombies(),
+        init.log()
+    );
+    init.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(init.wait_exit(Duration::from_secs(10)), 0, "{}", init.log());
 }
 
 #[test]
