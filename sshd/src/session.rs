@@ -199,10 +199,12 @@ pub async fn run(mut channel: Channel<Msg>, ctx: Arc<ConnContext>) {
             a.path.to_string_lossy().into_owned(),
         );
     }
+    // As OpenSSH: a home directory that does not exist means starting in `/`.
     let cwd = std::env::var_os("ENVD_WORKDIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
-        .unwrap_or_else(|| ctx.user.home.clone());
+        .or_else(|| Some(ctx.user.home.clone()).filter(|h| h.is_dir()))
+        .unwrap_or_else(|| PathBuf::from("/"));
     let shell = ctx.user.shell.clone();
     let shell_name = shell
         .file_name()

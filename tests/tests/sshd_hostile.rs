@@ -274,3 +274,32 @@ fn sftp_on_a_fifo_never_freezes_logins_and_huge_directories_list() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&copy).unwrap().count(), 4000);
 }
+
+#[test]
+fn two_hundred_concurrent_logins_all_get_in() {
+    // The standing load run: --max-startups at its default (16), 200 real OpenSSH clients at
+    // once. Every one must succeed (queued for a slot, not dropped) or say why it was refused.
+    let s = Sshd::start(&[]);
+    let t = Instant::now();
+    let children: Vec<_> = (0..200)
+        .map(|i| {
+            s.ssh()
+                .args(["127.0.0.1", &format!("echo login-{i}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ssh")
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        if stdout(&o) != format!("login-{i}\n") {
+            failures.push(format!("{i}: {}", stderr(&o)));
+        }
+    }
+    let took = t.elapsed();
+    eprintln!("200 concurrent logins: {took:?}, {} failed", failures.len());
+    assert!(failures.is_empty(), "{failures:#?}\n{}", s.log());
+}

@@ -150,13 +150,25 @@ pub fn evaluate_with_cache(
         column: 0,
         message,
     };
-    let source = std::fs::read_to_string(&path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(&path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+        LangError {
+            file: shown.clone(),
+            line,
+            column,
+            message: "not UTF-8 text (build files are UTF-8)".into(),
+        }
+    })?;
     check_version(&source).map_err(|m| LangError {
         file: shown.clone(),
         line: 1,
         column: 1,
         message: m,
     })?;
+    let text = source.clone();
     let ast = AstModule::parse(&shown, source, &Dialect::Standard).map_err(from_starlark)?;
     let recorder = Recorder {
         graph: RefCell::new(Graph {
@@ -191,22 +203,53 @@ pub fn evaluate_with_cache(
                 entry.function
             )));
         };
-        eval.eval_function(func, &[], &[]).map_err(from_starlark)?;
+        eval.eval_function(func, &[], &[]).map_err(|e| {
+            let mut err = from_starlark(e);
+            if err.line == 0 {
+                // Calling the function itself failed (it takes parameters): point at its `def`.
+                let def = format!("def {}", entry.function);
+                err.file = shown.clone();
+                err.line = text.lines().position(|l| l.contains(&def)).map_or(1, |i| i + 1);
+                err.column = 1;
+            }
+            err
+        })?;
         Ok(())
     })?;
     let graph = recorder.graph.into_inner();
-    validate(&graph).map_err(whole)?;
+    validate(&graph).map_err(|(call, message)| {
+        // At the call that needs the missing one (in this file; an included file's call is
+        // reported at the top of this one).
+        let (line, column) = text
+            .find(&format!("{call}("))
+            .map(|at| {
+                let before = &text[..at];
+                let line = before.matches('\n').count() + 1;
+                (line, at - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+            })
+            .unwrap_or((1, 1));
+        LangError {
+            file: shown.clone(),
+            line,
+            column,
+            message,
+        }
+    })?;
     Ok(graph)
 }
 
-/// Checks that need the whole program (envd accepts its calls in any order).
-fn validate(g: &Graph) -> Result<(), String> {
+/// Checks that need the whole program (envd accepts its calls in any order). Err: the call
+/// to point at, and what is wrong.
+fn validate(g: &Graph) -> Result<(), (&'static str, String)> {
     let has_conda = g
         .languages
         .iter()
         .any(|l| matches!(l, Language::Conda { .. }));
     if !g.conda_packages.is_empty() && !has_conda {
-        return Err("install.conda_packages needs install.conda() as well".into());
+        return Err((
+            "conda_packages",
+            "install.conda_packages needs install.conda() as well".into(),
+        ));
     }
     Ok(())
 }
