@@ -303,8 +303,7 @@ mod tests {
         std::fs::write(dir.path().join("data/a.txt"), "a").unwrap();
         std::os::unix::fs::symlink(secrets.path(), dir.path().join("data/ssh")).unwrap();
         std::os::unix::fs::symlink("a.txt", dir.path().join("data/b.txt")).unwrap();
-        std::os::unix::fs::symlink(secrets.path().join("id_rsa"), dir.path().join("key"))
-            .unwrap();
+        std::os::unix::fs::symlink(secrets.path().join("id_rsa"), dir.path().join("key")).unwrap();
         let copy = |source: &str| Graph {
             copies: vec![Copy {
                 source: source.into(),
@@ -316,7 +315,14 @@ mod tests {
         let c = collect(dir.path(), &copy("data")).unwrap();
         let all = format!("{:?}", c.entries);
         assert!(!all.contains("PRIVATE") && !all.contains("id_rsa"), "{all}");
-        let link = |rel: &str| c.entries.iter().find(|e| e.rel == rel).unwrap().link.clone();
+        let link = |rel: &str| {
+            c.entries
+                .iter()
+                .find(|e| e.rel == rel)
+                .unwrap()
+                .link
+                .clone()
+        };
         assert_eq!(link("data/ssh").unwrap(), secrets.path().to_string_lossy());
         assert_eq!(link("data/b.txt").unwrap(), "a.txt");
         for named in ["key", "data/ssh/id_rsa", "data/ssh"] {

@@ -169,7 +169,7 @@ pub fn refusal(reason_code: u32, description: &str) -> Vec<u8> {
     payload.extend_from_slice(&(description.len() as u32).to_be_bytes());
     payload.extend_from_slice(description.as_bytes());
     payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
-    // uint32 length, byte padding length, payload, padding: a multiple of 8, at least 4 padding.
+                                                    // uint32 length, byte padding length, payload, padding: a multiple of 8, at least 4 padding.
     let mut padding = 8 - (5 + payload.len()) % 8;
     if padding < 4 {
         padding += 8;
@@ -232,7 +232,12 @@ mod tests {
 
     #[test]
     fn refusal_is_a_well_formed_cleartext_packet() {
-        for text in ["", "x", "too many connections waiting to log in", &"y".repeat(300)] {
+        for text in [
+            "",
+            "x",
+            "too many connections waiting to log in",
+            &"y".repeat(300),
+        ] {
             let bytes = refusal(TOO_MANY_CONNECTIONS, text);
             let packet = &bytes[b"SSH-2.0-envd_sshd\r\n".len()..];
             let len = u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize;

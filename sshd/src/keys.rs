@@ -101,7 +101,8 @@ pub const MIN_RSA_BITS: u32 = 2048;
 /// other than its owner (us or root) could write it. Lines that cannot be used are logged and
 /// skipped; one bad line never disables the others.
 pub fn read_authorized_keys(path: &Path) -> anyhow::Result<Vec<AuthorizedKey>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     check_not_writable_by_others(path, &file.metadata()?)?;
     let mut text = String::new();
     std::io::BufReader::new(file)
@@ -119,7 +120,11 @@ fn check_not_writable_by_others(path: &Path, meta: &std::fs::Metadata) -> anyhow
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        bail!("{} belongs to uid {}, not to us or root; refused", path.display(), meta.uid());
+        bail!(
+            "{} belongs to uid {}, not to us or root; refused",
+            path.display(),
+            meta.uid()
+        );
     }
     if meta.mode() & 0o022 != 0 {
         bail!(
@@ -142,7 +147,10 @@ pub fn parse_authorized_keys(text: &str) -> (Vec<AuthorizedKey>, Vec<SkippedLine
         }
         match parse_line(line) {
             Ok(k) => keys.push(k),
-            Err(reason) => skipped.push(SkippedLine { line: n + 1, reason }),
+            Err(reason) => skipped.push(SkippedLine {
+                line: n + 1,
+                reason,
+            }),
         }
     }
     (keys, skipped)
@@ -159,7 +167,9 @@ fn parse_line(line: &str) -> Result<AuthorizedKey, String> {
     if let Some(rsa) = key.key_data().rsa() {
         let bits = rsa.key_size();
         if bits < MIN_RSA_BITS {
-            return Err(format!("RSA key of {bits} bits (at least {MIN_RSA_BITS} needed)"));
+            return Err(format!(
+                "RSA key of {bits} bits (at least {MIN_RSA_BITS} needed)"
+            ));
         }
     }
     Ok(AuthorizedKey { key, restrictions })

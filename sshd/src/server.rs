@@ -123,7 +123,10 @@ impl Connection {
 
     fn may_forward(&self, what: &str) -> bool {
         if self.restrictions.no_port_forwarding {
-            tracing::info!("{}: {what} refused: the key has no-port-forwarding", self.peer);
+            tracing::info!(
+                "{}: {what} refused: the key has no-port-forwarding",
+                self.peer
+            );
         }
         !self.restrictions.no_port_forwarding
     }
@@ -407,7 +410,10 @@ pub async fn serve(
         let full = startups.available_permits() == 0;
         if full && waiting.load(Ordering::SeqCst) >= settings.max_waiting {
             tracing::info!("{peer}: too many connections waiting to log in; refused");
-            admission::refuse(tcp, "too many connections waiting to log in; try again later");
+            admission::refuse(
+                tcp,
+                "too many connections waiting to log in; try again later",
+            );
             continue;
         }
         next_id += 1;

@@ -1065,8 +1065,7 @@ additional = { WHERE = "${ENVD_TEST_DIR}/sub" }
 "#;
         let s = parse(text).unwrap();
         assert_eq!(
-            s.argv[2],
-            "x=1; echo ${x} $HOME ${ENVD_TEST_DIR} /work/my \"odd\" dir",
+            s.argv[2], "x=1; echo ${x} $HOME ${ENVD_TEST_DIR} /work/my \"odd\" dir",
             "{:?}",
             s.argv
         );
@@ -1082,8 +1081,14 @@ additional = { WHERE = "${ENVD_TEST_DIR}/sub" }
         std::env::set_var("ENVD_TEST_X", "v a l");
         assert_eq!(expand("a ${ENVD_TEST_X} b").unwrap(), "a v a l b");
         assert_eq!(expand("$${ENVD_TEST_X}").unwrap(), "${ENVD_TEST_X}");
-        assert_eq!(expand("$HOME ${x:-y} $ $$ ${").unwrap(), "$HOME ${x:-y} $ $$ ${");
-        assert_eq!(expand("${ENVD_TEST_SURELY_UNSET}").unwrap_err(), "ENVD_TEST_SURELY_UNSET");
+        assert_eq!(
+            expand("$HOME ${x:-y} $ $$ ${").unwrap(),
+            "$HOME ${x:-y} $ $$ ${"
+        );
+        assert_eq!(
+            expand("${ENVD_TEST_SURELY_UNSET}").unwrap_err(),
+            "ENVD_TEST_SURELY_UNSET"
+        );
     }
 
     #[test]
@@ -1094,8 +1099,13 @@ additional = { WHERE = "${ENVD_TEST_DIR}/sub" }
             attempts: None,
             reset_after: Duration::from_secs(10),
         };
-        let default: Vec<u128> = (1..=10).map(|n| policy(None).delay(n).as_millis()).collect();
-        assert_eq!(default, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
+        let default: Vec<u128> = (1..=10)
+            .map(|n| policy(None).delay(n).as_millis())
+            .collect();
+        assert_eq!(
+            default,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
         assert_eq!(policy(None).delay(u32::MAX), DEFAULT_BACKOFF_MAX);
         let horust = policy(Some(Duration::from_secs(1)));
         assert_eq!(horust.delay(3), Duration::from_secs(3));

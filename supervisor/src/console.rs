@@ -107,7 +107,10 @@ pub fn dropped_total() -> u64 {
 /// Waits up to `timeout` for queued output to be written (before envd-init exits).
 pub fn drain(timeout: std::time::Duration) {
     let deadline = std::time::Instant::now() + timeout;
-    for c in CONSOLES.iter().filter_map(|s| s.get().and_then(Option::as_ref)) {
+    for c in CONSOLES
+        .iter()
+        .filter_map(|s| s.get().and_then(Option::as_ref))
+    {
         while c.queued.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }

@@ -105,6 +105,7 @@ enum CtlAction {
 fn main() -> ExitCode {
     // Before any thread: secrets leave the environment services and sessions inherit.
     config::take_secrets_from_env();
+    envd_supervisor::spawn::close_inherited_on_exec();
     guard::install_panic_hook();
     let cli = Cli::parse();
     envd_supervisor::log::init_from_env();

@@ -161,7 +161,6 @@ pub fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Pid> {
                     nix::unistd::setgid(id.gid)?;
                     nix::unistd::setuid(id.uid)?;
                 }
-                close_inherited_on_exec();
                 Ok(())
             });
         }
@@ -171,20 +170,30 @@ pub fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Pid> {
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-/// Marks every descriptor above stderr close-on-exec (close_range, Linux 5.11+; ignored where
-/// missing): what envd-init inherited or opened never reaches a service. Marked rather than
-/// closed: the standard library reports exec failures through one of them.
-/// Async-signal-safe: one system call.
-fn close_inherited_on_exec() {
+/// Marks every descriptor above stderr close-on-exec, once at start: what envd-init's parent
+/// left open never reaches a service or an SSH session, and spawning keeps its fast path (no
+/// per-spawn hook). Uses close_range (Linux 5.11+), or each descriptor below the open-files limit.
+pub fn close_inherited_on_exec() {
     const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
     // SAFETY: close_range only changes descriptor flags.
-    unsafe {
+    let done = unsafe {
         nix::libc::syscall(
             nix::libc::SYS_close_range,
             3 as nix::libc::c_uint,
             nix::libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
-        );
+        )
+    } == 0;
+    if !done {
+        // SAFETY: sysconf reads a limit.
+        let limit =
+            unsafe { nix::libc::sysconf(nix::libc::_SC_OPEN_MAX) }.clamp(1024, 65536) as i32;
+        for fd in 3..limit {
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
     }
 }
 

@@ -19,10 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::config::{self, FailureStrategy, RestartStrategy, ServiceSpec};
+use crate::guard;
 use crate::health::{self, CheckContext, HealthReport};
 use crate::logs::{self, Line, LogBuffer, Sink, Stream};
 use crate::proto::supervisor::{ExitInfo, Health, ServiceState, ServiceStatus};
-use crate::guard;
 use crate::reaper::{self, Exit, ExitKind, Waiters};
 use crate::spawn::{self, SpawnRequest};
 

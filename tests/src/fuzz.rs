@@ -55,13 +55,45 @@ impl Rng {
 /// interesting bytes (quotes, brackets, newlines, NUL, high bytes).
 pub fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     const INTERESTING: &[&[u8]] = &[
-        b"\"", b"'", b"\\", b"\n", b"\0", b"[", b"]", b"{", b"}", b"(", b")", b",", b"=", b"#",
-        b"${", b"$${", b"}}", b"\xff", b"\xc3\x28", b"-1", b"4294967296", b"9999999999999999999",
-        b"\"\"\"", b"None", b"True", b" ", b"\t", b"\r\n", b"..", b"/", b"~",
+        b"\"",
+        b"'",
+        b"\\",
+        b"\n",
+        b"\0",
+        b"[",
+        b"]",
+        b"{",
+        b"}",
+        b"(",
+        b")",
+        b",",
+        b"=",
+        b"#",
+        b"${",
+        b"$${",
+        b"}}",
+        b"\xff",
+        b"\xc3\x28",
+        b"-1",
+        b"4294967296",
+        b"9999999999999999999",
+        b"\"\"\"",
+        b"None",
+        b"True",
+        b" ",
+        b"\t",
+        b"\r\n",
+        b"..",
+        b"/",
+        b"~",
     ];
     let mut out = input.to_vec();
     for _ in 0..=rng.below(4) {
-        let at = if out.is_empty() { 0 } else { rng.below(out.len() + 1) };
+        let at = if out.is_empty() {
+            0
+        } else {
+            rng.below(out.len() + 1)
+        };
         match rng.below(6) {
             0 if !out.is_empty() => {
                 let i = rng.below(out.len());
@@ -159,6 +191,9 @@ pub fn run<I: AsRef<[u8]>>(
         }
         cases += 1;
     }
-    eprintln!("fuzz {target}: {cases} inputs in {:?}, seed {seed}", budget());
+    eprintln!(
+        "fuzz {target}: {cases} inputs in {:?}, seed {seed}",
+        budget()
+    );
     cases
 }

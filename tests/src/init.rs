@@ -38,8 +38,14 @@ impl Init {
     /// Starts envd-init as PID 1 of a new PID namespace with `dir/services`, the API socket at
     /// `dir/api.sock`, `extra` arguments and, when `main` is not empty, `-- main...`.
     pub fn start(dir: TempDir, extra: &[&str], main: &[&str]) -> Init {
+        Self::start_env(dir, extra, main, &[])
+    }
+
+    /// Like [`Init::start`], with extra environment variables for envd-init.
+    pub fn start_env(dir: TempDir, extra: &[&str], main: &[&str], env: &[(&str, &str)]) -> Init {
         let log = std::fs::File::create(dir.path().join("init.log")).expect("log");
-        Self::start_with_stdout(dir, extra, main, log.try_clone().expect("log").into())
+        let stdout = log.try_clone().expect("log").into();
+        Self::launch(dir, extra, main, stdout, env)
     }
 
     /// Like [`Init::start`], but envd-init's stdout is a pipe nobody reads (until the returned
@@ -50,10 +56,19 @@ impl Init {
         main: &[&str],
     ) -> (Init, std::os::fd::OwnedFd) {
         let (read, write) = nix::unistd::pipe().expect("pipe");
-        (Self::start_with_stdout(dir, extra, main, Stdio::from(write)), read)
+        (
+            Self::launch(dir, extra, main, Stdio::from(write), &[]),
+            read,
+        )
     }
 
-    fn start_with_stdout(dir: TempDir, extra: &[&str], main: &[&str], stdout: Stdio) -> Init {
+    fn launch(
+        dir: TempDir,
+        extra: &[&str],
+        main: &[&str],
+        stdout: Stdio,
+        env: &[(&str, &str)],
+    ) -> Init {
         crate::require_root();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -67,7 +82,8 @@ impl Init {
             .arg(dir.path().join("services"))
             .arg("--api-socket")
             .arg(dir.path().join("api.sock"))
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         if !main.is_empty() {
             cmd.arg("--").args(main);
         }

@@ -261,7 +261,11 @@ impl Sshd {
             .authenticate_publickey(user, key)
             .await
             .expect("auth");
-        assert!(auth.success(), "raw login as {user} failed:\n{}", self.log());
+        assert!(
+            auth.success(),
+            "raw login as {user} failed:\n{}",
+            self.log()
+        );
         handle
     }
 }

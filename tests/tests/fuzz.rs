@@ -17,36 +17,125 @@ use envd_e2e::sshd::{stdout, Sshd};
 // ---- build files -----------------------------------------------------------------------------
 
 const CALLS: &[&str] = &[
-    "base", "shell", "run", "git_config", "install.python", "install.conda", "install.uv",
-    "install.pixi", "install.r_lang", "install.julia", "install.rust", "install.go",
-    "install.nodejs", "install.apt_packages", "install.python_packages",
-    "install.conda_packages", "install.r_packages", "install.julia_packages", "install.cuda",
-    "install.vscode_extensions", "install.codex", "config.apt_source", "config.pip_index",
-    "config.cran_mirror", "config.julia_pkg_server", "config.jupyter", "config.vscode_server",
-    "config.conda_channel", "config.gpu", "config.shm_size", "config.rstudio_server",
-    "config.entrypoint", "config.repo", "config.owner", "io.copy", "io.http",
-    "runtime.command", "runtime.daemon", "runtime.init", "runtime.expose", "runtime.environ",
-    "runtime.mount", "data.envd", "nosuch.call", "print", "len",
+    "base",
+    "shell",
+    "run",
+    "git_config",
+    "install.python",
+    "install.conda",
+    "install.uv",
+    "install.pixi",
+    "install.r_lang",
+    "install.julia",
+    "install.rust",
+    "install.go",
+    "install.nodejs",
+    "install.apt_packages",
+    "install.python_packages",
+    "install.conda_packages",
+    "install.r_packages",
+    "install.julia_packages",
+    "install.cuda",
+    "install.vscode_extensions",
+    "install.codex",
+    "config.apt_source",
+    "config.pip_index",
+    "config.cran_mirror",
+    "config.julia_pkg_server",
+    "config.jupyter",
+    "config.vscode_server",
+    "config.conda_channel",
+    "config.gpu",
+    "config.shm_size",
+    "config.rstudio_server",
+    "config.entrypoint",
+    "config.repo",
+    "config.owner",
+    "io.copy",
+    "io.http",
+    "runtime.command",
+    "runtime.daemon",
+    "runtime.init",
+    "runtime.expose",
+    "runtime.environ",
+    "runtime.mount",
+    "data.envd",
+    "nosuch.call",
+    "print",
+    "len",
 ];
 
 const KWARGS: &[&str] = &[
-    "image", "dev", "name", "version", "commands", "mount_host", "requirements",
-    "local_wheels", "env_file", "channel", "port", "count", "source", "target", "url",
-    "checksum", "filename", "envd_path", "host_path", "volume", "env", "extra_path",
-    "envd_port", "host_port", "service", "listen_addr", "python_version", "cudnn", "uid",
-    "gid", "size", "mode", "email", "user", "editor", "url", "description", "bogus",
+    "image",
+    "dev",
+    "name",
+    "version",
+    "commands",
+    "mount_host",
+    "requirements",
+    "local_wheels",
+    "env_file",
+    "channel",
+    "port",
+    "count",
+    "source",
+    "target",
+    "url",
+    "checksum",
+    "filename",
+    "envd_path",
+    "host_path",
+    "volume",
+    "env",
+    "extra_path",
+    "envd_port",
+    "host_port",
+    "service",
+    "listen_addr",
+    "python_version",
+    "cudnn",
+    "uid",
+    "gid",
+    "size",
+    "mode",
+    "email",
+    "user",
+    "editor",
+    "url",
+    "description",
+    "bogus",
 ];
 
 fn value(rng: &mut Rng, depth: usize) -> String {
     const STRINGS: &[&str] = &[
-        "\"\"", "\"x\"", "\"debian:bookworm\"", "\"3.11\"", "\"../../etc/passwd\"",
-        "\"/abs/path\"", "\"~/.ssh\"", "\"a b\\\"c'd\"", "\"${HOME}\"", "\"\\n\"",
-        "\"ms-python.python\"", "\"x.vsix\"", "\"http://127.0.0.1:1/x\"", "\"8080\"",
-        "\"é\"", "\"\\\\\"",
+        "\"\"",
+        "\"x\"",
+        "\"debian:bookworm\"",
+        "\"3.11\"",
+        "\"../../etc/passwd\"",
+        "\"/abs/path\"",
+        "\"~/.ssh\"",
+        "\"a b\\\"c'd\"",
+        "\"${HOME}\"",
+        "\"\\n\"",
+        "\"ms-python.python\"",
+        "\"x.vsix\"",
+        "\"http://127.0.0.1:1/x\"",
+        "\"8080\"",
+        "\"é\"",
+        "\"\\\\\"",
     ];
     match rng.below(if depth > 2 { 6 } else { 9 }) {
         0 | 1 => rng.pick(STRINGS).to_string(),
-        2 => ["0", "-1", "1", "65536", "2147483648", "99999999999999999999"][rng.below(6)].into(),
+        2 => [
+            "0",
+            "-1",
+            "1",
+            "65536",
+            "2147483648",
+            "99999999999999999999",
+        ][rng.below(6)]
+        .into(),
         3 => ["True", "False", "None"][rng.below(3)].into(),
         4 => "1.5".into(),
         5 => format!("\"{}\"", "y".repeat(rng.below(300))),
@@ -185,7 +274,10 @@ fn authorized_keys_lines_never_panic_and_bad_lines_stay_bad() {
             let (keys, skipped) = envd_sshd::keys::parse_authorized_keys(&text);
             let lines = text.lines().count();
             if keys.len() + skipped.len() > lines || skipped.iter().any(|s| s.line > lines) {
-                return Err(format!("{} keys and {skipped:?} from {lines} lines", keys.len()));
+                return Err(format!(
+                    "{} keys and {skipped:?} from {lines} lines",
+                    keys.len()
+                ));
             }
             Ok(())
         },
@@ -215,7 +307,11 @@ fn ssh_garbage(rng: &mut Rng) -> Vec<u8> {
         if rng.one_in(2) {
             // Packet-shaped: length, padding length, a message number, random payload.
             let payload = rng.some_bytes(64);
-            let len = if rng.one_in(4) { rng.next_u64() as u32 } else { payload.len() as u32 + 6 };
+            let len = if rng.one_in(4) {
+                rng.next_u64() as u32
+            } else {
+                payload.len() as u32 + 6
+            };
             out.extend_from_slice(&len.to_be_bytes());
             out.push(4);
             out.push(*rng.pick(&[20u8, 21, 30, 31, 1, 2, 5, 50, 90, 94, 255]));
@@ -233,7 +329,8 @@ fn ssh_before_key_exchange_survives_garbage() {
     let s = Sshd::start(&["--login-grace-time", "2"]);
     fuzz::run("ssh_before_kex", ssh_garbage, |input| {
         let mut c = TcpStream::connect(("127.0.0.1", s.port)).map_err(|e| e.to_string())?;
-        c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let _ = c.write_all(input);
         let mut buf = [0u8; 2048];
         let _ = c.read(&mut buf);
@@ -248,7 +345,14 @@ async fn random_step(
     h: &russh::client::Handle<envd_e2e::sshd::RawClient>,
     open: &mut Vec<russh::Channel<russh::client::Msg>>,
 ) {
-    const COMMANDS: &[&str] = &["true", "echo hi", "cat", "exit 3", "sleep 0.05", "kill -9 $$"];
+    const COMMANDS: &[&str] = &[
+        "true",
+        "echo hi",
+        "cat",
+        "exit 3",
+        "sleep 0.05",
+        "kill -9 $$",
+    ];
     let step = rng.below(12);
     if step < 2 || open.is_empty() {
         if let Ok(Ok(c)) =
@@ -265,13 +369,34 @@ async fn random_step(
         2 => c.exec(rng.one_in(2), *rng.pick(COMMANDS)).await,
         3 => {
             let modes = [(russh::Pty::ECHO, rng.next_u64() as u32)];
-            c.request_pty(false, &long, rng.next_u64() as u32, rng.next_u64() as u32, 0, 0, &modes)
+            c.request_pty(
+                false,
+                &long,
+                rng.next_u64() as u32,
+                rng.next_u64() as u32,
+                0,
+                0,
+                &modes,
+            )
+            .await
+        }
+        4 => {
+            c.set_env(
+                false,
+                *rng.pick(&["LANG", "LC_X", "PATH", "", &long]),
+                &long,
+            )
+            .await
+        }
+        5 => {
+            c.window_change(rng.next_u64() as u32, rng.next_u64() as u32, 0, 0)
                 .await
         }
-        4 => c.set_env(false, *rng.pick(&["LANG", "LC_X", "PATH", "", &long]), &long).await,
-        5 => c.window_change(rng.next_u64() as u32, rng.next_u64() as u32, 0, 0).await,
         6 => c.signal(russh::Sig::Custom(long.clone())).await,
-        7 => c.request_subsystem(rng.one_in(2), *rng.pick(&["sftp", "x", ""])).await,
+        7 => {
+            c.request_subsystem(rng.one_in(2), *rng.pick(&["sftp", "x", ""]))
+                .await
+        }
         8 => c.data(&rng.some_bytes(70_000)[..]).await,
         9 => c.eof().await,
         10 => {
@@ -307,7 +432,14 @@ fn ssh_after_key_exchange_survives_random_requests() {
                         .await;
                     }
                     1 => {
-                        let addr = *rng.pick(&["", "0.0.0.0", "127.0.0.1", "::1", "localhost", "10.1.2.3"]);
+                        let addr = *rng.pick(&[
+                            "",
+                            "0.0.0.0",
+                            "127.0.0.1",
+                            "::1",
+                            "localhost",
+                            "10.1.2.3",
+                        ]);
                         let _ = tokio::time::timeout(
                             Duration::from_millis(300),
                             handle.tcpip_forward(addr, (rng.next_u64() % 70_000) as u32),
@@ -338,19 +470,39 @@ fn sftp_survives_random_requests() {
             // INIT, then packets: length, a type (mostly real ones), an id, random fields.
             let mut out = vec![0, 0, 0, 5, 1, 0, 0, 0, 3];
             for _ in 0..=rng.below(6) {
-                let mut body = vec![*rng.pick(&[3u8, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 200, 0, 255])];
+                let mut body = vec![*rng.pick(&[
+                    3u8, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 200, 0, 255,
+                ])];
                 body.extend_from_slice(&(rng.next_u64() as u32).to_be_bytes());
                 for _ in 0..rng.below(4) {
                     let field = if rng.one_in(2) {
-                        rng.pick(&["/", ".", "..", "/tmp", "/nonexistent/x", "", "/proc/self/fd/0"]).as_bytes().to_vec()
+                        rng.pick(&[
+                            "/",
+                            ".",
+                            "..",
+                            "/tmp",
+                            "/nonexistent/x",
+                            "",
+                            "/proc/self/fd/0",
+                        ])
+                        .as_bytes()
+                        .to_vec()
                     } else {
                         rng.some_bytes(40)
                     };
-                    let len = if rng.one_in(8) { rng.next_u64() as u32 } else { field.len() as u32 };
+                    let len = if rng.one_in(8) {
+                        rng.next_u64() as u32
+                    } else {
+                        field.len() as u32
+                    };
                     body.extend_from_slice(&len.to_be_bytes());
                     body.extend_from_slice(&field);
                 }
-                let len = if rng.one_in(10) { rng.next_u64() as u32 } else { body.len() as u32 };
+                let len = if rng.one_in(10) {
+                    rng.next_u64() as u32
+                } else {
+                    body.len() as u32
+                };
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(&body);
             }
@@ -358,11 +510,9 @@ fn sftp_survives_random_requests() {
         },
         |input| {
             rt.block_on(async {
-                let Ok(Ok(ch)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    handle.channel_open_session(),
-                )
-                .await
+                let Ok(Ok(ch)) =
+                    tokio::time::timeout(Duration::from_secs(2), handle.channel_open_session())
+                        .await
                 else {
                     return Err("no session channel".to_string());
                 };
@@ -386,28 +536,77 @@ fn envd_init_api_survives_random_requests_and_garbage() {
     use envd_supervisor::proto::health::HealthCheckRequest;
     use envd_supervisor::proto::supervisor::{ListServicesRequest, LogsRequest, ServiceRequest};
     let dir = scratch();
-    write_service(dir.path(), "a", "command = \"/bin/sleep 1000\"\n[restart]\nstrategy = \"always\"\n");
-    write_service(dir.path(), "b", "command = \"/bin/sh -c 'echo hi; sleep 1000'\"\n");
+    write_service(
+        dir.path(),
+        "a",
+        "command = \"/bin/sleep 1000\"\n[restart]\nstrategy = \"always\"\n",
+    );
+    write_service(
+        dir.path(),
+        "b",
+        "command = \"/bin/sh -c 'echo hi; sleep 1000'\"\n",
+    );
     let init = Init::start(dir, &[], &[]);
     init.wait_for("started", Duration::from_secs(10), |s| s.len() == 2);
     let socket = init.path().join("api.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut c = rt.block_on(envd_supervisor::client::connect_unix(&socket)).unwrap();
+    let mut c = rt
+        .block_on(envd_supervisor::client::connect_unix(&socket))
+        .unwrap();
     fuzz::run(
         "grpc",
         |rng| rng.bytes(16),
         |seed| {
             let mut rng = Rng::new(u64::from_le_bytes(seed[..8].try_into().unwrap()));
-            let name = rng.pick(&["a", "b", "", "nosuch", "a\0b", &"z".repeat(10_000)]).to_string();
+            let name = rng
+                .pick(&["a", "b", "", "nosuch", "a\0b", &"z".repeat(10_000)])
+                .to_string();
             let t = Duration::from_millis(300);
             rt.block_on(async {
                 match rng.below(7) {
-                    0 => drop(tokio::time::timeout(t, c.supervisor.list_services(ListServicesRequest {})).await),
-                    1 => drop(tokio::time::timeout(t, c.supervisor.logs(LogsRequest { service: name, tail: rng.next_u64() as u32, follow: rng.one_in(2) })).await),
-                    2 => drop(tokio::time::timeout(t, c.supervisor.restart(ServiceRequest { service: name })).await),
-                    3 => drop(tokio::time::timeout(t, c.supervisor.stop(ServiceRequest { service: name })).await),
-                    4 => drop(tokio::time::timeout(t, c.health.check(HealthCheckRequest { service: name })).await),
-                    5 => drop(tokio::time::timeout(t, c.health.watch(HealthCheckRequest { service: name })).await),
+                    0 => drop(
+                        tokio::time::timeout(t, c.supervisor.list_services(ListServicesRequest {}))
+                            .await,
+                    ),
+                    1 => drop(
+                        tokio::time::timeout(
+                            t,
+                            c.supervisor.logs(LogsRequest {
+                                service: name,
+                                tail: rng.next_u64() as u32,
+                                follow: rng.one_in(2),
+                            }),
+                        )
+                        .await,
+                    ),
+                    2 => drop(
+                        tokio::time::timeout(
+                            t,
+                            c.supervisor.restart(ServiceRequest { service: name }),
+                        )
+                        .await,
+                    ),
+                    3 => drop(
+                        tokio::time::timeout(
+                            t,
+                            c.supervisor.stop(ServiceRequest { service: name }),
+                        )
+                        .await,
+                    ),
+                    4 => drop(
+                        tokio::time::timeout(
+                            t,
+                            c.health.check(HealthCheckRequest { service: name }),
+                        )
+                        .await,
+                    ),
+                    5 => drop(
+                        tokio::time::timeout(
+                            t,
+                            c.health.watch(HealthCheckRequest { service: name }),
+                        )
+                        .await,
+                    ),
                     _ => {
                         // Raw bytes on the socket: sometimes the HTTP/2 preface first.
                         if let Ok(mut raw) = std::os::unix::net::UnixStream::connect(&socket) {
@@ -429,5 +628,9 @@ fn envd_init_api_survives_random_requests_and_garbage() {
         .expect("the API still answers");
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(list.into_inner().services.len(), 2);
-    assert!(init.log().lines().all(|l| !l.contains("internal error")), "{}", init.log());
+    assert!(
+        init.log().lines().all(|l| !l.contains("internal error")),
+        "{}",
+        init.log()
+    );
 }

@@ -75,14 +75,19 @@ fn intermittent_reader(read: OwnedFd, stop: Arc<AtomicBool>) -> std::thread::Joi
 }
 
 /// Calls ListServices every 50 ms until `stop`; returns the slowest answer and the count.
-fn probe_api(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Duration, usize)> {
+fn probe_api(
+    socket: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Duration, usize)> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut c = envd_supervisor::client::connect_unix(&socket).await.expect("API");
+            let mut c = envd_supervisor::client::connect_unix(&socket)
+                .await
+                .expect("API");
             let (mut worst, mut calls) = (Duration::ZERO, 0);
             while !stop.load(Ordering::SeqCst) {
                 let t = Instant::now();
@@ -146,11 +151,15 @@ fn sixty_seconds_of_random_kills() {
     }
 
     // Every `always` service comes back (the backoff is at most 10 s) and no zombie is left.
-    init.wait_for("the always services running again", Duration::from_secs(25), |s| {
-        s.iter()
-            .filter(|x| x["name"] != "crashloop")
-            .all(|x| x["state"] == "running")
-    });
+    init.wait_for(
+        "the always services running again",
+        Duration::from_secs(25),
+        |s| {
+            s.iter()
+                .filter(|x| x["name"] != "crashloop")
+                .all(|x| x["state"] == "running")
+        },
+    );
     let zombies = (0..20)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(50));
@@ -167,7 +176,10 @@ fn sixty_seconds_of_random_kills() {
     eprintln!(
         "{kills} kills; API: {calls} calls, slowest {worst:?}; RSS {rss_start} kB -> {rss_end} kB"
     );
-    assert!(worst < Duration::from_millis(100), "an API call took {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "an API call took {worst:?}"
+    );
     assert!(
         rss_end <= rss_start + 1024,
         "envd-init grew from {rss_start} kB to {rss_end} kB"

@@ -2,6 +2,7 @@
 //! container runtime would: exit codes, reaping, signals, restarts, health checks, ordering,
 //! users, reload, the API.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use envd_e2e::init::{p, scratch, wait_file, write_service, Init};
@@ -279,7 +280,10 @@ fn without_a_backoff_a_crash_loop_slows_down_instead_of_storming() {
     );
     let _init = Init::start(dir, &[], &[]);
     std::thread::sleep(Duration::from_secs(3));
-    let runs = std::fs::read_to_string(&stamp).unwrap_or_default().lines().count();
+    let runs = std::fs::read_to_string(&stamp)
+        .unwrap_or_default()
+        .lines()
+        .count();
     // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s: five or six runs in three seconds.
     assert!((4..=7).contains(&runs), "{runs} runs in 3 s");
 }
@@ -301,19 +305,28 @@ fn a_start_failure_follows_the_restart_policy_and_a_binary_that_appears_is_used(
     );
     let init = Init::start(dir, &[], &[]);
     init.wait_for("never gives up after its attempts", T, |s| {
-        s.iter().any(|x| x["name"] == "never" && x["state"] == "failed")
+        s.iter()
+            .any(|x| x["name"] == "never" && x["state"] == "failed")
     });
     let never = init.service("never");
     assert!(
         never["detail"].as_str().unwrap().contains("cannot start")
-            && never["detail"].as_str().unwrap().contains("after 2 restart attempts"),
+            && never["detail"]
+                .as_str()
+                .unwrap()
+                .contains("after 2 restart attempts"),
         "{never}"
     );
-    std::fs::write(&late, format!("#!/bin/sh\necho ok > {mark}\nexec sleep 60\n")).unwrap();
+    std::fs::write(
+        &late,
+        format!("#!/bin/sh\necho ok > {mark}\nexec sleep 60\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&late, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     assert_eq!(wait_file(std::path::Path::new(&mark), T), "ok\n");
     init.wait_for("late runs", T, |s| {
-        s.iter().any(|x| x["name"] == "late" && x["state"] == "running")
+        s.iter()
+            .any(|x| x["name"] == "late" && x["state"] == "running")
     });
 }
 
@@ -336,8 +349,16 @@ fn a_stdout_nobody_reads_never_stops_reaping_the_api_or_sigterm() {
     std::thread::sleep(Duration::from_secs(4));
     let t = Instant::now();
     let st = init.ctl(&["status", "--json"]);
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert!(t.elapsed() < Duration::from_secs(1), "API took {:?}", t.elapsed());
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "API took {:?}",
+        t.elapsed()
+    );
     assert!(
         init.zombies() < 5,
         "{} zombies under envd-init\n{}",
@@ -346,6 +367,57 @@ fn a_stdout_nobody_reads_never_stops_reaping_the_api_or_sigterm() {
     );
     init.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(init.wait_exit(Duration::from_secs(10)), 0, "{}", init.log());
+}
+
+#[test]
+fn secrets_and_inherited_descriptors_never_reach_services() {
+    let dir = scratch();
+    let (env, fds, token) = (
+        p(dir.path(), "env"),
+        p(dir.path(), "fds"),
+        p(dir.path(), "token"),
+    );
+    write_service(
+        dir.path(),
+        "probe",
+        &format!(
+            "command = \"/bin/sh -c 'env > {env}; ls -l /proc/$$/fd > {fds}; echo ${{ENVD_JUPYTER_TOKEN}} > {token}'\"\n[environment]\nkeep-env = true\n"
+        ),
+    );
+    // A descriptor without close-on-exec, as a careless parent leaves it.
+    let leaked_path = p(dir.path(), "leaked-descriptor-target");
+    std::fs::write(&leaked_path, "x").unwrap();
+    let leaked = nix::fcntl::open(
+        leaked_path.as_str(),
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let init = Init::start_env(
+        dir,
+        &[],
+        &[],
+        &[
+            ("ENVD_API_TOKEN", "api-secret-0123456789"),
+            ("ENVD_JUPYTER_TOKEN", "jupyter-secret"),
+        ],
+    );
+    let _ = nix::unistd::close(leaked);
+    // The token still reaches the service file that names it...
+    assert_eq!(wait_file(Path::new(&token), T), "jupyter-secret\n");
+    // ...but not the environment any service (or sshd, and so any SSH session) inherits.
+    let seen = wait_file(Path::new(&env), T);
+    assert!(
+        !seen.contains("secret"),
+        "a secret leaked into the environment:\n{seen}"
+    );
+    assert!(seen.contains("PATH="), "{seen}");
+    let open = wait_file(Path::new(&fds), T);
+    assert!(
+        !open.contains("leaked-descriptor-target"),
+        "{open}\n{}",
+        init.log()
+    );
 }
 
 #[test]

@@ -82,8 +82,15 @@ fn only_the_servers_user_may_log_in() {
     let o = s.run(&["-l", "nobody"], "echo in");
     assert!(!o.status.success(), "logged in as nobody");
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
-    assert!(s.log().contains("login as \"nobody\" refused"), "{}", s.log());
-    assert_eq!(stdout(&s.run(&["-l", &current_user_name()], "echo in")), "in\n");
+    assert!(
+        s.log().contains("login as \"nobody\" refused"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        stdout(&s.run(&["-l", &current_user_name()], "echo in")),
+        "in\n"
+    );
 }
 
 #[test]
@@ -129,7 +136,10 @@ fn short_rsa_keys_and_sha1_signatures_are_refused() {
     assert!(!o.status.success(), "a 1024-bit RSA key was accepted");
     assert!(s.log().contains("RSA key of 1024 bits"), "{}", s.log());
     let o = only(&strong, &["-o", "PubkeyAcceptedAlgorithms=ssh-rsa"]);
-    assert!(!o.status.success(), "an ssh-rsa (SHA-1) signature was accepted");
+    assert!(
+        !o.status.success(),
+        "an ssh-rsa (SHA-1) signature was accepted"
+    );
     assert!(s.log().contains("SHA-1) signature refused"), "{}", s.log());
 }
 
@@ -146,9 +156,20 @@ fn a_bad_authorized_keys_line_never_disables_the_others_and_restrict_is_honoured
     // restrict: no terminal (OpenSSH's client gives up when -tt cannot get one), no forwarding.
     let o = s.run(&["-tt"], "tty");
     assert!(!o.status.success(), "{}", stdout(&o));
-    assert!(stderr(&o).contains("PTY allocation request failed"), "{}", stderr(&o));
-    let o = s.run(&["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"], "echo up");
-    assert!(!o.status.success(), "remote forwarding allowed: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("PTY allocation request failed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.run(
+        &["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"],
+        "echo up",
+    );
+    assert!(
+        !o.status.success(),
+        "remote forwarding allowed: {}",
+        stdout(&o)
+    );
     assert!(s.log().contains("line not used"), "{}", s.log());
 }
 
@@ -199,7 +220,11 @@ fn input_before_a_command_is_bounded_and_sessions_per_connection_are_capped() {
         .unwrap()
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|n| n.parse::<u64>().unwrap()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .map(|n| n.parse::<u64>().unwrap())
+        })
         .unwrap();
     assert!(rss < 64 * 1024, "the server grew to {rss} kB");
 }
@@ -226,7 +251,11 @@ fn a_forwarding_port_past_16_bits_is_refused_not_truncated() {
 fn sftp_on_a_fifo_never_freezes_logins_and_huge_directories_list() {
     let s = Sshd::start(&[]);
     let fifo = s.path("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let mut stuck = Command::new("sftp")
         .args(s.opts())
         .args(["-P", &s.port.to_string(), "-b", "-", "127.0.0.1"])
@@ -241,14 +270,22 @@ fn sftp_on_a_fifo_never_freezes_logins_and_huge_directories_list() {
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     assert_eq!(stdout(&s.run(&[], "echo in")), "in\n");
-    assert!(t.elapsed() < Duration::from_secs(5), "login took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "login took {:?}",
+        t.elapsed()
+    );
     let _ = stuck.kill();
     let _ = stuck.wait();
 
     let dir = s.path("many");
     std::fs::create_dir(&dir).unwrap();
     for i in 0..4000 {
-        std::fs::write(dir.join(format!("file-with-a-longish-name-{i:05}.txt")), "x").unwrap();
+        std::fs::write(
+            dir.join(format!("file-with-a-longish-name-{i:05}.txt")),
+            "x",
+        )
+        .unwrap();
     }
     let mut ls = Command::new("sftp")
         .args(s.opts())

@@ -371,7 +371,11 @@ fn a_container_that_exits_at_once_is_reported_within_seconds() {
         "e2eexits",
         "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    io.copy(source=\"bad.toml\", target=\"/etc/envd/services/bad.toml\")\n",
     );
-    std::fs::write(dir.join("bad.toml"), "command = \"sleep 1\"\nrestrat = \"always\"\n").unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        "command = \"sleep 1\"\nrestrat = \"always\"\n",
+    )
+    .unwrap();
     let _down = Down("e2eexits");
     let t = Instant::now();
     let out = envd(&[
@@ -384,10 +388,20 @@ fn a_container_that_exits_at_once_is_reported_within_seconds() {
     ]);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("stopped while starting (exit code 2)"), "{log}");
-    assert!(log.contains("bad.toml:2"), "envd-init's located error is not shown:\n{log}");
+    assert!(
+        log.contains("stopped while starting (exit code 2)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("bad.toml:2"),
+        "envd-init's located error is not shown:\n{log}"
+    );
     // The build is cached by the test above; the failure itself must show in seconds.
-    assert!(t.elapsed() < Duration::from_secs(120), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]

@@ -853,7 +853,10 @@ mod tests {
         let init = parse("init_0");
         assert_eq!(init.argv[..2], ["/bin/bash", "-c"]);
         assert_eq!(init.argv[2], format!("set -euo pipefail\n{script}"));
-        assert_eq!(init.working_directory.unwrap(), std::path::Path::new(odd_dir));
+        assert_eq!(
+            init.working_directory.unwrap(),
+            std::path::Path::new(odd_dir)
+        );
         let daemon = parse("daemon_0");
         assert_eq!(daemon.argv, ["/bin/sh", "-c", script]);
     }

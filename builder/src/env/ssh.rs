@@ -101,7 +101,11 @@ pub fn ensure_user_key() -> anyhow::Result<String> {
 /// anything that is not one public key is refused, so a container can never add its own lines
 /// to envd's known_hosts.
 pub fn plain_host_key(text: &str) -> anyhow::Result<String> {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let [line] = lines.as_slice() else {
         bail!("expected one public key line, found {}", lines.len());
     };
@@ -283,7 +287,8 @@ mod tests {
 
     #[test]
     fn only_one_plain_host_key_is_ever_pinned() {
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
         assert_eq!(plain_host_key(&format!("{key} root@box\n")).unwrap(), key);
         for bad in [
             format!("{key}\n* {key}\n"),
@@ -304,8 +309,14 @@ mod tests {
         let link = dir.path().join("config");
         std::os::unix::fs::symlink("dotfiles-ssh-config", &link).unwrap();
         write_file(&link, b"Include y\nHost x\n", 0o600).unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-        assert_eq!(std::fs::read_to_string(&real).unwrap(), "Include y\nHost x\n");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&real).unwrap(),
+            "Include y\nHost x\n"
+        );
     }
 
     #[test]

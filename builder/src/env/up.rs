@@ -386,9 +386,8 @@ pub async fn up(
         ssh::add_environment(name, port, &host_key)?;
         anyhow::Ok(ready_at)
     };
-    let waits = async {
-        tokio::join!(health::wait_ready(&env, opts.timeout, &mut show), ssh_entry)
-    };
+    let waits =
+        async { tokio::join!(health::wait_ready(&env, opts.timeout, &mut show), ssh_entry) };
     let (ready, ssh_ready) = tokio::select! {
         both = waits => both,
         stopped = stopped_while_starting(&docker, &env.id, name) => return Err(stopped),

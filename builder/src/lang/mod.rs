@@ -209,7 +209,10 @@ pub fn evaluate_with_cache(
                 // Calling the function itself failed (it takes parameters): point at its `def`.
                 let def = format!("def {}", entry.function);
                 err.file = shown.clone();
-                err.line = text.lines().position(|l| l.contains(&def)).map_or(1, |i| i + 1);
+                err.line = text
+                    .lines()
+                    .position(|l| l.contains(&def))
+                    .map_or(1, |i| i + 1);
                 err.column = 1;
             }
             err
