@@ -50,8 +50,11 @@ impl Cutter {
 /// them.
 #[derive(Default)]
 pub struct Slots {
-    held: Mutex<HashMap<u64, (Arc<Activity>, Arc<Cutter>)>>,
+    held: Mutex<HashMap<u64, Holder>>,
 }
+
+/// A slot holder: when it last spoke, and how to cut it.
+type Holder = (Arc<Activity>, Arc<Cutter>);
 
 impl Slots {
     /// Records that connection `id` holds a slot.
