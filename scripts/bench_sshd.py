@@ -39,8 +39,11 @@ def wait_port(port, timeout=10):
 
 
 class Server:
-    def __init__(self, kind, binary, work):
+    def __init__(self, kind, binary, work, default_limits=False):
+        """default_limits: each server's own defaults for unauthenticated connections (OpenSSH
+        MaxStartups 10:30:100, envd-sshd 16 slots) instead of 100 for both."""
         self.kind, self.port, self.work = kind, free_port(), work
+        startups = "" if default_limits else "MaxStartups 100\n"
         if kind == "openssh":
             os.makedirs("/run/sshd", exist_ok=True)
             hk = os.path.join(work, "openssh_host_key")
@@ -53,14 +56,16 @@ class Server:
                     f"AuthorizedKeysFile {work}/authorized_keys\nPasswordAuthentication no\n"
                     "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
                     "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-                    "AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n"
+                    f"AllowTcpForwarding yes\n{startups}MaxSessions 100\nLogLevel ERROR\n"
                     "PrintMotd no\nAcceptEnv LANG LC_*\n"
                 )
             cmd = [binary, "-D", "-e", "-f", cfg]
         else:
             cmd = [binary, "--listen", f"127.0.0.1:{self.port}",
                    "--authorized-keys", os.path.join(work, "authorized_keys"),
-                   "--host-key", os.path.join(work, "envd_host_key"), "--max-startups", "100"]
+                   "--host-key", os.path.join(work, "envd_host_key")]
+            if not default_limits:
+                cmd += ["--max-startups", "100"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(work, f"{kind}.log"), "w"))
         wait_port(self.port)

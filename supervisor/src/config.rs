@@ -1035,6 +1035,19 @@ mod tests {
         assert_eq!(s.stdout, Output::Stdout);
         assert_eq!(s.stderr, Output::Stderr);
         assert!(!s.health.has_checks());
+        // Log files rotate unless told not to.
+        let s = parse(
+            "command = \"x\"\nstdout = \"/l/out\"\nstderr-rotate-size = 0\nstderr = \"/l/err\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            s.stdout,
+            Output::File {
+                rotate_size: DEFAULT_ROTATE_SIZE,
+                ..
+            }
+        ));
+        assert!(matches!(s.stderr, Output::File { rotate_size: 0, .. }));
     }
 
     #[test]

@@ -166,6 +166,12 @@ impl Sshd {
     /// Common OpenSSH options: our key only, our known_hosts (host key pinned on first use and
     /// checked after), no user or system config.
     pub fn opts(&self) -> Vec<String> {
+        self.opts_for(&self.user_name())
+    }
+
+    /// [`Sshd::opts`] logging in as `user` (OpenSSH keeps the first `User` it is given, so
+    /// `-l` after these options would not change it).
+    pub fn opts_for(&self, user: &str) -> Vec<String> {
         vec![
             "-F".into(),
             "/dev/null".into(),
@@ -181,7 +187,22 @@ impl Sshd {
             format!("IdentityFile={}", self.path("id_ed25519").display()),
             "-o".into(),
             "LogLevel=ERROR".into(),
+            "-o".into(),
+            format!("User={user}"),
         ]
+    }
+
+    /// The account the server runs as: the only one it lets log in.
+    pub fn user_name(&self) -> String {
+        let uid = self
+            .run_as
+            .map(|(uid, _)| uid)
+            .unwrap_or_else(|| nix::unistd::getuid().as_raw());
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string())
     }
 
     /// Runs `ssh -tt` to this server (a login shell, or `remote`) in a real terminal with

@@ -407,10 +407,17 @@ fn secrets_and_inherited_descriptors_never_reach_services() {
     assert_eq!(wait_file(Path::new(&token), T), "jupyter-secret\n");
     // ...but not the environment any service (or sshd, and so any SSH session) inherits.
     let seen = wait_file(Path::new(&env), T);
-    assert!(
-        !seen.contains("secret"),
-        "a secret leaked into the environment:\n{seen}"
-    );
+    for secret in [
+        "api-secret-0123456789",
+        "jupyter-secret",
+        "ENVD_API_TOKEN",
+        "ENVD_JUPYTER_TOKEN",
+    ] {
+        assert!(
+            !seen.contains(secret),
+            "{secret} leaked into the environment:\n{seen}"
+        );
+    }
     assert!(seen.contains("PATH="), "{seen}");
     let open = wait_file(Path::new(&fds), T);
     assert!(

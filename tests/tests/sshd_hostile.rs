@@ -79,7 +79,12 @@ fn a_refused_connection_is_told_why() {
 #[test]
 fn only_the_servers_user_may_log_in() {
     let s = Sshd::start(&[]);
-    let o = s.run(&["-l", "nobody"], "echo in");
+    let o = Command::new("ssh")
+        .args(s.opts_for("nobody"))
+        .args(["-p", &s.port.to_string(), "127.0.0.1", "echo in"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "logged in as nobody");
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
     assert!(
@@ -339,4 +344,36 @@ fn two_hundred_concurrent_logins_all_get_in() {
     let took = t.elapsed();
     eprintln!("200 concurrent logins: {took:?}, {} failed", failures.len());
     assert!(failures.is_empty(), "{failures:#?}\n{}", s.log());
+}
+
+#[test]
+fn descriptors_the_server_inherited_never_reach_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("leaked-descriptor-target");
+    std::fs::write(&target, "x").unwrap();
+    // Without close-on-exec, as a careless parent leaves it; the server inherits it.
+    let leaked = nix::fcntl::open(
+        &target,
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let s = Sshd::start(&[]);
+    let _ = nix::unistd::close(leaked);
+    let listing = format!("/proc/{}/fd", s.pid());
+    let server_has_it = std::fs::read_dir(&listing)
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == target));
+    assert!(
+        server_has_it,
+        "the test did not leak the descriptor into the server"
+    );
+    let o = s.run(&[], "ls -l /proc/$$/fd");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stdout(&o).contains("leaked-descriptor-target"),
+        "{}",
+        stdout(&o)
+    );
 }
