@@ -13,7 +13,6 @@ Usage: scripts/bench_flood.py ENVD_SSHD [--silent 32] [--attempts 5] [--storm 20
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import tempfile
 import time
@@ -30,17 +29,17 @@ def silent_flood(srv, silent, attempts):
         c.sendall(b"SSH-2.0-x\r\n")
         held.append(c)
     time.sleep(0.5)
-    ok, times = 0, []
+    ok, first = 0, None
     for _ in range(attempts):
         t = time.perf_counter()
         p = subprocess.run(srv.ssh(CIPHER, "-o", "ConnectTimeout=90", "127.0.0.1", "echo in"),
                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=150)
         if p.stdout == "in\n":
             ok += 1
-            times.append(time.perf_counter() - t)
+            first = first if first is not None else time.perf_counter() - t
     for c in held:
         c.close()
-    return ok, (statistics.median(times) if times else float("nan"))
+    return ok, (first if first is not None else float("nan"))
 
 
 def storm(srv, n):
@@ -81,7 +80,7 @@ def main():
         f"| measure (default limits) | envd-sshd | OpenSSH {openssh_version()} |",
         "|---|---:|---:|",
         f"| real logins that got in with {a.silent} silent connections open | {e['silent'][0]} of {a.attempts} | {o['silent'][0]} of {a.attempts} |",
-        f"| time to log in then (median of those that got in) | {e['silent'][1]:.1f} s | {o['silent'][1]:.1f} s |",
+        f"| time the first of them that got in took | {e['silent'][1]:.1f} s | {o['silent'][1]:.1f} s |",
         f"| {a.storm} logins started at once that got in | {e['storm'][0]} | {o['storm'][0]} |",
         f"| wall time for the {a.storm} | {e['storm'][1]:.1f} s | {o['storm'][1]:.1f} s |",
     ]

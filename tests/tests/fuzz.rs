@@ -446,7 +446,12 @@ fn ssh_after_key_exchange_survives_random_requests() {
                         )
                         .await;
                     }
-                    _ => random_step(&mut rng, &handle, &mut open).await,
+                    // A step may wait on the server (a reply, window space): bounded, so the
+                    // harness never hangs; the server is checked for liveness afterwards.
+                    _ => {
+                        let step = random_step(&mut rng, &handle, &mut open);
+                        let _ = tokio::time::timeout(Duration::from_millis(500), step).await;
+                    }
                 }
             });
             if open.len() > 20 {
@@ -516,12 +521,13 @@ fn sftp_survives_random_requests() {
                 else {
                     return Err("no session channel".to_string());
                 };
-                let _ = ch.request_subsystem(true, "sftp").await;
-                let _ = ch.data(input).await;
-                let _ = ch.eof().await;
+                let t = Duration::from_millis(500);
+                let _ = tokio::time::timeout(t, ch.request_subsystem(true, "sftp")).await;
+                let _ = tokio::time::timeout(t, ch.data(input)).await;
+                let _ = tokio::time::timeout(t, ch.eof()).await;
                 let mut ch = ch;
                 let _ = tokio::time::timeout(Duration::from_millis(100), ch.wait()).await;
-                let _ = ch.close().await;
+                let _ = tokio::time::timeout(t, ch.close()).await;
                 Ok(())
             })
         },
