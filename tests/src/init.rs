@@ -76,6 +76,15 @@ impl Init {
             .open(dir.path().join("init.log"))
             .expect("log");
         let mut cmd = Command::new("unshare");
+        // If the test dies without dropping us (a timeout kills it), unshare dies with it and
+        // --kill-child takes envd-init and its services along: nothing outlives the test.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
         cmd.args(["--fork", "--pid", "--mount-proc", "--kill-child"])
             .arg(runtime_bin("envd-init"))
             .arg("--services")
