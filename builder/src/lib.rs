@@ -23,4 +23,5 @@ pub mod env;
 pub mod graph;
 pub mod lang;
 pub mod output;
+pub mod random;
 pub mod runtime;

@@ -75,13 +75,6 @@ impl std::fmt::Display for BuildFailure {
 
 impl std::error::Error for BuildFailure {}
 
-fn random_ref() -> String {
-    let mut bytes = [0u8; 12];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Builds `definition` and exports it to the Docker image `tag` with `config` (OCI image config
 /// JSON). Returns the image digest.
 pub async fn build_image(
@@ -92,7 +85,8 @@ pub async fn build_image(
     exporter: Exporter,
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<String> {
-    let build_id = random_ref();
+    // A unique build ref: a failed read must not give every build the same all-zero ref.
+    let build_id = crate::random::hex(12)?;
     let ctl = control::control_client::ControlClient::new(channel.clone())
         .max_decoding_message_size(64 * 1024 * 1024);
     let mut exporter_attrs = BTreeMap::new();

@@ -2,7 +2,7 @@
 //! environment's host key, and the `Host NAME.envd` entries that `~/.ssh/config` includes. Plain
 //! OpenSSH (and so `scp`, `rsync`, VS Code Remote-SSH) reads them; host-key checking stays on.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -82,9 +82,7 @@ pub fn ensure_user_key() -> anyhow::Result<String> {
         return Ok(text);
     }
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("cannot read /dev/urandom")?;
+    crate::random::fill(&mut seed)?;
     let mut key = PrivateKey::try_from(KeypairData::from(Ed25519Keypair::from_seed(&seed)))
         .context("cannot make a key pair")?;
     key.set_comment("envd");

@@ -2,7 +2,6 @@
 //! ready, pin the SSH host key and write the `NAME.envd` entry.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,11 +53,7 @@ pub struct Up {
 
 /// 128 random bits as hex, for the API and Jupyter tokens.
 pub fn random_token() -> anyhow::Result<String> {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("cannot read /dev/urandom")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::random::hex(16)
 }
 
 /// Resolves a host path given in build.envd (`~`, relative to the build context).
