@@ -100,118 +100,187 @@ pub fn host_ca_bundle() -> Option<Vec<u8>> {
     std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok()
 }
 
+/// The in-container runtime a dev image gets, as the local image that carries it.
+#[derive(Debug, Clone)]
+pub struct RuntimeImage {
+    /// The directory holding `envd-init` and `envd-sshd`.
+    pub dir: PathBuf,
+    /// The image's tag: a hash of both binaries.
+    pub tag: String,
+}
+
+impl RuntimeImage {
+    /// The repository the runtime images go to.
+    pub const REPOSITORY: &'static str = "envd-rs/runtime";
+
+    /// Finds the runtime binaries and names their image after their content.
+    pub fn locate() -> anyhow::Result<Self> {
+        let init = runtime::locate("envd-init")?;
+        let sshd = runtime::locate("envd-sshd")?;
+        let both = format!("{}{}", sha256_file(&init)?, sha256_file(&sshd)?);
+        let tag = format!("{:x}", Sha256::digest(both.as_bytes()))[..16].to_string();
+        let dir = init.parent().context("runtime dir")?.to_path_buf();
+        Ok(Self { dir, tag })
+    }
+
+    /// `envd-rs/runtime:<hash>`.
+    pub fn name(&self) -> String {
+        format!("{}:{}", Self::REPOSITORY, self.tag)
+    }
+}
+
+/// Everything a build decides before it talks to an engine: the program, its name and hash,
+/// the files it reads and its LLB. `envd build` and `envd debug llb` both start here, so the
+/// digests `debug llb` prints are the ones a build sends.
+pub struct Plan {
+    /// The evaluated program.
+    pub graph: Graph,
+    /// The environment's name.
+    pub name: String,
+    /// The hash the image is labelled with ([`program_hash`]).
+    pub program_hash: String,
+    /// The runtime binaries (dev images only).
+    pub runtime: Option<RuntimeImage>,
+    /// The build-context files the program reads.
+    pub context: crate::context::BuildContext,
+    /// The LLB and image config.
+    pub compiled: compile::Compiled,
+}
+
+/// Evaluates, collects and compiles the program at `path` (`name` defaults to the directory's).
+pub fn plan(path: &Path, from: &Entry, name: Option<&str>) -> anyhow::Result<Plan> {
+    let graph = lang::evaluate(path, from)?;
+    let name = name.map_or_else(|| env_name(path), str::to_string);
+    let runtime = graph.dev.then(RuntimeImage::locate).transpose()?;
+    let runtime_tag = runtime.as_ref().map_or("", |r| r.tag.as_str());
+    let context = crate::context::collect(path, &graph)?;
+    let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
+    let compiled = compile::compile(
+        &graph,
+        &Context {
+            env_name: name.clone(),
+            runtime_image: runtime.as_ref().map(RuntimeImage::name),
+            program_hash: hash.clone(),
+            host_ca: host_ca_bundle(),
+            context_image: (!context.is_empty()).then(|| context.image()),
+            workdir_name: workdir_name(path),
+        },
+    )?;
+    Ok(Plan {
+        graph,
+        name,
+        program_hash: hash,
+        runtime,
+        context,
+        compiled,
+    })
+}
+
+/// Which exporter `--output` needs on this builder.
+fn exporter(opts: &Options) -> anyhow::Result<solve::Exporter> {
+    use crate::output::Output;
+    Ok(match (&opts.builder, &opts.output) {
+        (Builder::Moby(_), _) => solve::Exporter::Moby,
+        (_, Output::Image { push, .. }) => solve::Exporter::Image { push: *push },
+        (_, other) => anyhow::bail!(
+            "--output {} needs Docker's BuildKit (the moby-worker builder): the archive is made through the engine",
+            if matches!(other, Output::Docker { .. }) { "type=docker" } else { "type=oci" }
+        ),
+    })
+}
+
 /// Runs a build.
 pub async fn build(
     opts: &Options,
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let graph = lang::evaluate(&opts.path, &opts.from)?;
-    let name = opts.name.clone().unwrap_or_else(|| env_name(&opts.path));
-    let tag = opts.tag.clone().unwrap_or_else(|| format!("{name}:dev"));
+    let plan = plan(&opts.path, &opts.from, opts.name.as_deref())?;
+    let tag = opts
+        .tag
+        .clone()
+        .unwrap_or_else(|| format!("{}:dev", plan.name));
     let tag = opts.output.name(&tag).to_string();
-    let exporter = match (&opts.builder, &opts.output) {
-        (Builder::Moby(_), _) => solve::Exporter::Moby,
-        (_, crate::output::Output::Image { push, .. }) => solve::Exporter::Image { push: *push },
-        (_, other) => anyhow::bail!(
-            "--output {} needs Docker's BuildKit (the moby-worker builder): the archive is made through the engine",
-            if matches!(other, crate::output::Output::Docker { .. }) { "type=docker" } else { "type=oci" }
-        ),
-    };
+    let exporter = exporter(opts)?;
     let socket = PathBuf::from(connect::docker_socket());
-
-    let (runtime_image, runtime_hash) = if graph.dev {
-        let init = runtime::locate("envd-init")?;
-        let sshd = runtime::locate("envd-sshd")?;
-        let hash = format!("{}{}", sha256_file(&init)?, sha256_file(&sshd)?);
-        let short = format!("{:x}", Sha256::digest(hash.as_bytes()))[..16].to_string();
-        let dir = init.parent().context("runtime dir")?;
-        let image = docker::ensure_runtime_image(&socket, dir, "envd-rs/runtime", &short).await?;
-        (Some(image), short)
-    } else {
-        (None, String::new())
+    let outcome = |digest: String, output_note| Outcome {
+        tag: tag.clone(),
+        program_hash: plan.program_hash.clone(),
+        up_to_date: digest.is_empty(),
+        digest,
+        elapsed: started.elapsed(),
+        graph: plan.graph.clone(),
+        output_note,
     };
-    let context = crate::context::collect(&opts.path, &graph)?;
-    let hash = program_hash(&graph, &format!("{runtime_hash}{}", context.hash), &name);
 
-    if !opts.force {
-        if let Some(labels) = docker::image_labels(&socket, &tag).await? {
-            if labels.get(LABEL_DIGEST).and_then(|v| v.as_str()) == Some(hash.as_str()) {
-                let output_note = crate::output::finish(&opts.output, &tag).await?;
-                return Ok(Outcome {
-                    output_note,
-                    tag,
-                    program_hash: hash,
-                    up_to_date: true,
-                    digest: String::new(),
-                    elapsed: started.elapsed(),
-                    graph,
-                });
-            }
-        }
+    if !opts.force && image_is_current(&socket, &tag, &plan.program_hash).await? {
+        let note = crate::output::finish(&opts.output, &tag).await?;
+        return Ok(outcome(String::new(), note));
     }
-
-    let context_image = if context.is_empty() {
-        None
-    } else {
-        Some(docker::ensure_context_image(&socket, &context).await?)
+    if let Some(r) = &plan.runtime {
+        docker::ensure_runtime_image(&socket, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
+    }
+    if !plan.context.is_empty() {
+        docker::ensure_context_image(&socket, &plan.context).await?;
+    }
+    let (digest, exporter) = match solve_plan(opts, &plan, &tag, exporter, &mut progress).await {
+        Ok(done) => done,
+        Err(e) => return Err(base_image_error(&socket, &plan.graph, e).await),
     };
-    let compiled = compile::compile(
-        &graph,
-        &Context {
-            env_name: name,
-            runtime_image,
-            program_hash: hash.clone(),
-            host_ca: host_ca_bundle(),
-            context_image,
-            workdir_name: workdir_name(&opts.path),
-        },
-    )?;
+    let note = if exporter == solve::Exporter::Moby {
+        crate::output::finish(&opts.output, &tag).await?
+    } else {
+        None
+    };
+    Ok(outcome(digest, note))
+}
+
+/// Solves the plan's LLB on the builder and exports it as `tag`; returns the image digest and the
+/// exporter that made it.
+async fn solve_plan(
+    opts: &Options,
+    plan: &Plan,
+    tag: &str,
+    exporter: solve::Exporter,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> anyhow::Result<(String, solve::Exporter)> {
     let channel = connect::connect(&opts.builder).await?;
-    let mut exporter = exporter;
-    let digest = match solve::build_image(
+    let (definition, config) = (&plan.compiled.definition, &plan.compiled.config);
+    let first = solve::build_image(
         channel.clone(),
-        compiled.definition.clone(),
-        compiled.config.clone(),
-        &tag,
+        definition.clone(),
+        config.clone(),
+        tag,
         exporter,
-        &mut progress,
+        &mut *progress,
     )
-    .await
-    {
+    .await;
+    match first {
         // A unix/tcp address can lead to Docker's BuildKit, which has only its own exporter.
         Err(e)
             if exporter != solve::Exporter::Moby
                 && format!("{e:#}").contains("exporter \"image\" could not be found") =>
         {
-            exporter = solve::Exporter::Moby;
-            solve::build_image(
+            let moby = solve::Exporter::Moby;
+            let digest = solve::build_image(
                 channel,
-                compiled.definition,
-                compiled.config,
-                &tag,
-                exporter,
-                &mut progress,
+                definition.clone(),
+                config.clone(),
+                tag,
+                moby,
+                progress,
             )
-            .await?
+            .await?;
+            Ok((digest, moby))
         }
-        Err(e) => return Err(base_image_error(&socket, &graph, e).await),
-        Ok(d) => d,
-    };
-    let output_note = if exporter == solve::Exporter::Moby {
-        crate::output::finish(&opts.output, &tag).await?
-    } else {
-        None
-    };
-    Ok(Outcome {
-        output_note,
-        tag,
-        program_hash: hash,
-        up_to_date: false,
-        digest,
-        elapsed: started.elapsed(),
-        graph,
-    })
+        other => Ok((other?, exporter)),
+    }
+}
+
+/// Whether `tag` exists and carries this program's hash.
+async fn image_is_current(socket: &Path, tag: &str, hash: &str) -> anyhow::Result<bool> {
+    let labels = docker::image_labels(socket, tag).await?;
+    Ok(labels.is_some_and(|l| l.get(LABEL_DIGEST).and_then(|v| v.as_str()) == Some(hash)))
 }
 
 /// A failed build whose base image the engine does not have is most likely that image: say

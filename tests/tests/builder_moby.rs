@@ -113,6 +113,22 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     let tag = "envd-e2e/cache:test";
     let out = envd(&["build", "--path", path, "-t", tag]);
     assert!(out.status.success(), "{}", text(&out));
+    // `envd debug llb` plans exactly as the build did: the program hash it prints is the one
+    // the image is labelled with.
+    let llb = text(&envd(&["debug", "llb", "--path", path]));
+    let printed = llb.lines().find_map(|l| l.strip_prefix("program: "));
+    let label = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"ai.tensorchord.envd.build.digest\"}}",
+        tag,
+    ]);
+    assert_eq!(
+        printed,
+        Some(String::from_utf8_lossy(&label.stdout).trim()),
+        "{llb}"
+    );
     // Comments and blank lines do not count.
     std::fs::write(
         dir.join("build.envd"),

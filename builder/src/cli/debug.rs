@@ -1,0 +1,82 @@
+//! `envd debug`: what the builder sees and makes, without building.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use envd_builder::buildkit::llb;
+use envd_builder::lang::Entry;
+use envd_builder::{build, runtime};
+
+/// `envd debug`'s subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show where the in-container runtime (envd-init, envd-sshd) is and check it is static.
+    Runtime,
+    /// Evaluate build.envd and print the resulting graph as JSON (no BuildKit involved).
+    Graph {
+        /// The build context (the directory holding the build file).
+        #[arg(short, long, default_value = ".")]
+        path: PathBuf,
+        /// FILE:FUNCTION to evaluate.
+        #[arg(short, long, default_value = "build.envd:build")]
+        from: Entry,
+    },
+    /// Evaluate and compile build.envd as `envd build` would, and print every LLB op, the image
+    /// config and the program hash the image is labelled with.
+    Llb {
+        /// The build context.
+        #[arg(short, long, default_value = ".")]
+        path: PathBuf,
+        /// FILE:FUNCTION to compile.
+        #[arg(short, long, default_value = "build.envd:build")]
+        from: Entry,
+        /// Print a Graphviz graph of the ops instead of the listing.
+        #[arg(long)]
+        dot: bool,
+    },
+}
+
+/// Runs one diagnostic.
+pub fn run(what: Command) -> anyhow::Result<ExitCode> {
+    match what {
+        Command::Runtime => Ok(check_runtime()),
+        Command::Graph { path, from } => {
+            let graph = envd_builder::lang::evaluate(&path, &from)?;
+            println!("{}", serde_json::to_string_pretty(&graph)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Llb { path, from, dot } => {
+            let plan = build::plan(&path, &from, None)?;
+            let definition = &plan.compiled.definition;
+            if dot {
+                print!("{}", llb::describe_dot(definition));
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", llb::describe(definition));
+            let config: serde_json::Value = serde_json::from_slice(&plan.compiled.config)?;
+            println!("image config: {}", serde_json::to_string_pretty(&config)?);
+            println!("program: {}", plan.program_hash);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Locates each runtime binary and checks it is static.
+fn check_runtime() -> ExitCode {
+    let mut ok = true;
+    for bin in runtime::RUNTIME_BINARIES {
+        match runtime::locate(bin) {
+            Ok(path) => println!("{bin}: {} (static)", path.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("envd: {e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,102 @@
+//! The `envd` command line: one module per subcommand. Each turns its flags into the library's
+//! options, calls the library and prints what happened; none of them decides anything the
+//! library should.
+
+pub mod build;
+pub mod context;
+pub mod debug;
+pub mod env;
+pub mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use envd_builder::buildkit::connect::Builder;
+
+/// envd: reproducible development environments from a build.envd file.
+#[derive(Parser)]
+#[command(name = "envd", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the environment's image from build.envd.
+    Build(build::Args),
+    /// Build the environment and start it: wait until every service is healthy, write the
+    /// `NAME.envd` SSH entry, print every endpoint, then open a shell (unless --detach).
+    Up(up::Args),
+    /// List environments with their services' health and endpoints.
+    Ls(env::LsArgs),
+    /// Show one environment: endpoints, ports, services, commands.
+    Describe(env::DescribeArgs),
+    /// Show a service's log (through envd-init), or envd-init's own output without a service.
+    Logs(env::LogsArgs),
+    /// Run a command in the environment's working directory (no command: the user's login shell).
+    Exec(env::ExecArgs),
+    /// Remove the environment's container and its SSH entry.
+    #[command(alias = "destroy")]
+    Down(env::DownArgs),
+    /// Manage builder contexts (which BuildKit `envd build` and `envd up` use).
+    Context {
+        #[command(subcommand)]
+        what: context::Command,
+    },
+    /// Developer diagnostics.
+    Debug {
+        #[command(subcommand)]
+        what: debug::Command,
+    },
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Build(args) => build::run(args),
+            Command::Up(args) => up::run(args),
+            Command::Ls(args) => env::ls(args),
+            Command::Describe(args) => env::describe(args),
+            Command::Logs(args) => env::logs(args),
+            Command::Exec(args) => env::exec(args),
+            Command::Down(args) => env::down(args),
+            Command::Context { what } => context::run(what),
+            Command::Debug { what } => debug::run(what),
+        }
+    }
+}
+
+/// Which BuildKit to use, shared by `envd build` and `envd up`.
+#[derive(clap::Args, Clone)]
+pub struct BuilderArgs {
+    /// BuildKit to use: moby-worker (Docker's embedded BuildKit), unix or tcp (default: the
+    /// current `envd context`).
+    #[arg(long)]
+    builder: Option<String>,
+    /// unix:///path/to/buildkitd.sock or tcp://host:port (for --builder unix|tcp).
+    #[arg(long, requires = "builder")]
+    builder_address: Option<String>,
+}
+
+impl BuilderArgs {
+    /// The builder asked for, else the current context's.
+    pub fn resolve(&self) -> anyhow::Result<Builder> {
+        match &self.builder {
+            Some(b) => Builder::parse(b, self.builder_address.as_deref()),
+            None => envd_builder::contexts::Contexts::load()?
+                .current()
+                .to_builder(),
+        }
+    }
+}
+
+/// The async runtime a command's library calls run on (two workers: the machines are small and
+/// the work is waiting on sockets).
+pub fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,113 @@
+//! `envd up`.
+
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use envd_builder::build::{self, Options};
+use envd_builder::env;
+use envd_builder::lang::Entry;
+
+/// `envd up`'s flags.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The build context (the directory holding the build file).
+    #[arg(short, long, default_value = ".")]
+    path: PathBuf,
+    /// The environment's name (default: the directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// FILE:FUNCTION to build.
+    #[arg(short, long, default_value = "build.envd:build")]
+    from: Entry,
+    /// Do not open a shell once the environment is up.
+    #[arg(short, long)]
+    detach: bool,
+    /// Rebuild the image and recreate the container.
+    #[arg(long)]
+    force: bool,
+    /// Extra mounts, HOST:CONTAINER[:ro].
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    /// How long to wait for every service to be healthy.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    #[command(flatten)]
+    builder: super::BuilderArgs,
+}
+
+/// Builds, starts, prints the endpoints, then opens `ssh NAME.envd` unless detached.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let volumes = args
+        .volume
+        .iter()
+        .map(|v| env::up::parse_volume(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let name = args.name.unwrap_or_else(|| build::env_name(&args.path));
+    let opts = env::up::UpOptions {
+        build: Options {
+            path: args.path,
+            from: args.from,
+            tag: None,
+            force: args.force,
+            name: None,
+            output: Default::default(),
+            builder: args.builder.resolve()?,
+        },
+        volumes,
+        timeout: args.timeout,
+        recreate: args.force,
+    };
+    let show_service = |s: &envd_supervisor::proto::supervisor::ServiceStatus,
+                        at: std::time::Duration| {
+        let state = env::health::describe(s);
+        println!("[{:>5.1}s] {:<12} {state}", at.as_secs_f64(), s.name)
+    };
+    let up = super::tokio()?.block_on(env::up::up(
+        &opts,
+        &name,
+        build::progress_display(),
+        show_service,
+    ))?;
+    print_summary(&name, &up);
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !std::io::stdin().is_terminal() {
+        println!("(stdin is not a terminal: not opening a shell; use ssh {name}.envd)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let err = std::process::Command::new("ssh")
+        .arg(env::ssh::host_alias(&name))
+        .exec();
+    anyhow::bail!("cannot run ssh: {err}")
+}
+
+/// What was built, how the start went, and every endpoint.
+fn print_summary(name: &str, up: &env::up::Up) {
+    println!();
+    if up.build.up_to_date {
+        println!("image {}: up to date, nothing built", up.build.tag);
+    } else {
+        let secs = up.build.elapsed.as_secs_f64();
+        println!("image {}: built in {secs:.1}s", up.build.tag);
+    }
+    let container = if up.reused {
+        "kept the running container"
+    } else {
+        "new container"
+    };
+    let sshd = up
+        .ssh_ready
+        .map(|d| format!(", sshd after {:.2}s", d.as_secs_f64()))
+        .unwrap_or_default();
+    println!(
+        "{name} is up ({container}; every service healthy {:.2}s after the start{sshd}).",
+        up.all_ready.as_secs_f64()
+    );
+    for l in env::commands::endpoint_lines(&up.env) {
+        println!("  {l}");
+    }
+    println!("  down:     envd down --name {name}");
+}
