@@ -18,7 +18,7 @@ pub struct Graph {
     /// `base(dev=True)`: envd-init, envd-sshd, the user, the prompt.
     pub dev: bool,
     /// `shell(...)`: bash, zsh or fish.
-    pub shell: String,
+    pub shell: envd_shell::Shell,
     /// Languages (`install.python`, `install.conda`, ...).
     pub languages: Vec<Language>,
     /// `install.apt_packages`.

@@ -11,10 +11,13 @@
 
 use std::path::PathBuf;
 
-/// The shells envd supports, as `shell()` names them in build files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The shells envd supports, as `shell()` names them in build files (and as a build graph
+/// serializes them: `"bash"`, `"zsh"`, `"fish"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Shell {
     /// GNU bash (the default).
+    #[default]
     Bash,
     /// zsh.
     Zsh,

@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde_json::json;
 
+mod stages;
 pub mod toolchains;
 pub mod vscode;
 
-use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
 use crate::buildkit::proto::pb;
-use crate::context;
 use crate::graph::{Graph, Language};
 
 /// Where the Python environment lives in dev images.
@@ -127,7 +126,8 @@ fn check_supported(g: &Graph) -> anyhow::Result<()> {
 }
 
 /// Service files for envd-init: sshd, Jupyter, `runtime.init` and `runtime.daemon`.
-pub fn service_files(g: &Graph, shell_path: &str) -> Vec<(String, String)> {
+pub fn service_files(g: &Graph) -> Vec<(String, String)> {
+    let shell_path = g.shell.path();
     let mut files = Vec::new();
     let init_names: Vec<String> = (0..g.runtime.init.len())
         .map(|i| format!("init_{i}"))
@@ -246,461 +246,33 @@ fn downloads_dir(g: &Graph) -> String {
     }
 }
 
-/// Compiles the graph.
+/// Compiles the graph. The order of the stages is BuildKit's cache order on a linear chain:
+/// what changes least comes first, so a change re-runs only the stages after it.
 pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
     check_supported(g)?;
-    let mut llb = Llb::default();
-    let mut s = llb.image(&base_image(g));
-    let owner = Some(USER_IDS);
-    let py = python_prefix(g);
-    let has_python = py.is_some();
-    let conda = toolchains::has_conda(g);
-    let context_image = match (&ctx.context_image, context::referenced_paths(g).is_empty()) {
-        (_, true) => None,
-        (Some(image), false) => Some(llb.image(image)),
-        (None, false) => {
-            bail!("this program reads files from the build context, and no context image was given")
-        }
-    };
-    let tool_paths = toolchains::paths(g, HOME);
-    let path_env = {
-        let mut p: Vec<String> = g.runtime.extra_path.clone();
-        p.extend(tool_paths.iter().cloned());
-        if let (Some(prefix), false) = (py, conda) {
-            p.push(format!("{prefix}/bin"));
-        }
-        p.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        format!("PATH={}", p.join(":"))
-    };
-
-    if let Some(src) = &g.config.apt_source {
-        s = llb.mkfile(&s, "/etc/apt/sources.list", src.as_bytes(), 0o644, None);
-    }
-    let mut apt: Vec<String> = Vec::new();
-    if g.dev {
-        apt.extend(DEV_APT_PACKAGES.iter().map(|p| p.to_string()));
-    }
-    if has_python && !conda {
-        apt.extend(["python3", "python3-venv", "python3-pip"].map(String::from));
-    }
-    if conda
-        || !g.downloads.is_empty()
-        || g.languages
-            .iter()
-            .any(|l| !matches!(l, Language::Python { .. }))
-    {
-        apt.extend(["curl", "ca-certificates", "bzip2"].map(String::from));
-    }
-    apt.extend(toolchains::apt_packages(g));
-    if g.dev && g.config.vscode.is_some() {
-        apt.extend(vscode::RUNTIME_PACKAGES.iter().map(|p| p.to_string()));
-    }
-    apt.extend(g.apt_packages.iter().cloned());
-    apt.sort();
-    apt.dedup();
-    let apt_caches = [
-        CacheMount {
-            dest: "/var/cache/apt".into(),
-            id: "envd-apt-archives".into(),
-        },
-        CacheMount {
-            dest: "/var/lib/apt/lists".into(),
-            id: "envd-apt-lists".into(),
-        },
-    ];
-    if !apt.is_empty() {
-        let script = format!(
-            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
-            apt.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
-        );
-        s = llb.run(
-            &s,
-            sh(&script),
-            vec![],
-            "",
-            &apt_caches,
-            &format!("apt-get install {}", apt.join(" ")),
-        );
-    }
-
-    let shell_path = match g.shell.as_str() {
-        "zsh" => "/usr/bin/zsh",
-        "fish" => "/usr/bin/fish",
-        _ => "/bin/bash",
-    };
-    if g.dev {
-        let script = format!(
-            "set -e; other=$(getent passwd {uid} | cut -d: -f1); \
-             if [ -n \"$other\" ] && [ \"$other\" != envd ]; then userdel \"$other\"; fi; \
-             getent group {gid} >/dev/null || groupadd -g {gid} envd; \
-             id -u envd >/dev/null 2>&1 || useradd -m -d {HOME} -u {uid} -g {gid} -s {shell_path} envd; \
-             mkdir -p /etc/sudoers.d && echo 'envd ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/envd && chmod 0440 /etc/sudoers.d/envd; \
-             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} {CACHE_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd {CACHE_DIR}",
-            uid = USER_IDS.0,
-            gid = USER_IDS.1
-        );
-        s = llb.run(&s, sh(&script), vec![], "", &[], "create the envd user");
-        if g.config.vscode.is_some() {
-            // Built in its own chain, copied in before anything that changes more often.
-            let ca = ctx.host_ca.as_deref().map(|c| (c, HOST_CA));
-            let server = vscode::stage(&mut llb, &base_image(g), &apt_caches, ca);
-            s = llb.copy(
-                &s,
-                &server,
-                vscode::VSCODE_HOME,
-                vscode::VSCODE_HOME,
-                None,
-                None,
-            );
-        }
-    }
-
-    // Build steps trust what the host trusts (see `Context::host_ca`): pip through pip.conf,
-    // uv, curl, conda and npm through these variables.
-    let mut ca_env: Vec<String> = Vec::new();
-    if let Some(ca) = &ctx.host_ca {
-        s = llb.mkfile(&s, HOST_CA, ca, 0o644, None);
-        ca_env = [
-            "SSL_CERT_FILE",
-            "CURL_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "REQUESTS_CA_BUNDLE",
-        ]
-        .iter()
-        .map(|k| format!("{k}={HOST_CA}"))
-        .collect();
-    }
-    if let (true, Some(_)) = (has_python, &ctx.host_ca) {
-        s = llb.mkfile(
-            &s,
-            "/etc/pip.conf",
-            format!("[global]\ncert = {HOST_CA}\n").as_bytes(),
-            0o644,
-            None,
-        );
-    }
-
-    // Files from the build context that the package steps read come in first.
-    let mut context_binds = Vec::new();
-    if let Some(cs) = &context_image {
-        context_binds.push(Bind {
-            from: cs.clone(),
-            selector: context::ROOT.into(),
-            dest: context::ROOT.into(),
-        });
-    }
-
-    // Toolchains the user installs are group-writable (umask 002): at start the user may have
-    // another uid and keeps the image's gid as a group (see `USER_IDS`).
-    let run_step = |llb: &mut Llb, s: &State, st: toolchains::Step, binds: &[Bind]| {
-        let mut env = vec![path_env.clone()];
-        env.extend(ca_env.iter().cloned());
-        if st.as_user {
-            env.push(format!("HOME={HOME}"));
-        }
-        for (k, v) in toolchains::environment(g, HOME) {
-            env.push(format!("{k}={v}"));
-        }
-        llb.run_with_binds(
-            s,
-            vec![
-                "/bin/bash".into(),
-                "-c".into(),
-                if st.as_user {
-                    format!("umask 002\n{}", st.script)
-                } else {
-                    st.script
-                },
-            ],
-            env,
-            if st.as_user && g.dev { "envd" } else { "" },
-            &st.caches,
-            binds,
-            &st.name,
-        )
-    };
-
-    if conda {
-        let v = python_version(g).unwrap_or_else(|| "3.11".into());
-        for st in toolchains::conda_steps(g, &v, USER_IDS) {
-            s = run_step(&mut llb, &s, st, &context_binds);
-        }
-    }
-
-    if let Some(prefix) = py {
-        let mut pkgs = g.python_packages.clone();
-        if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
-            pkgs.push("jupyterlab".into());
-        }
-        let mut env = vec![];
-        if let Some(ix) = &g.config.pip_index {
-            env.push(format!("PIP_INDEX_URL={}", ix.url));
-            env.push(format!("UV_INDEX_URL={}", ix.url));
-            if let Some(extra) = &ix.extra_url {
-                env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
-                env.push(format!("UV_EXTRA_INDEX_URL={extra}"));
-            }
-            if ix.trust {
-                if let Some(host) = ix.url.split("://").nth(1).and_then(|r| r.split('/').next()) {
-                    env.push(format!("PIP_TRUSTED_HOST={host}"));
-                }
-            }
-        }
-        let uv = g.languages.iter().any(|l| matches!(l, Language::Uv { .. }));
-        let installer = if uv {
-            format!("{prefix}/bin/uv pip install --python {prefix}/bin/python --cache-dir /var/cache/envd-pip")
-        } else {
-            format!("{prefix}/bin/pip install --cache-dir /var/cache/envd-pip")
-        };
-        let mut installs = Vec::new();
-        if !pkgs.is_empty() {
-            installs.push(format!(
-                "{installer} {}",
-                pkgs.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
-            ));
-        }
-        for r in &g.python_requirements {
-            installs.push(format!(
-                "{installer} -r {}",
-                quote(&context::BuildContext::path_in_image(r))
-            ));
-        }
-        if !g.python_local_wheels.is_empty() {
-            installs.push(format!(
-                "{installer} {}",
-                g.python_local_wheels
-                    .iter()
-                    .map(|w| quote(&context::BuildContext::path_in_image(w)))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
-        }
-        let wanted = python_version(g);
-        let check = match (&wanted, conda) {
-            (Some(v), false) => format!(
-                "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: Python {v} was asked; the base image has Python $have, which is used\" >&2 ;; esac; "
-            ),
-            _ => String::new(),
-        };
-        let create = if conda {
-            String::new()
-        } else if uv {
-            format!("python3 -m venv {prefix} && {prefix}/bin/pip install --cache-dir /var/cache/envd-pip uv; ")
-        } else {
-            format!("python3 -m venv {prefix}; ")
-        };
-        let install = installs.join(" && ");
-        let script = format!(
-            "set -e; {check}{create}{install}{}chown -R {}:{} {prefix} && chmod -R g+w {prefix}",
-            if install.is_empty() { "" } else { "; " },
-            USER_IDS.0,
-            USER_IDS.1
-        );
-        let mut env_all = vec![path_env.clone()];
-        env_all.extend(ca_env.iter().cloned());
-        env_all.extend(env);
-        let mut what: Vec<String> = pkgs.clone();
-        what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
-        what.extend(g.python_local_wheels.iter().cloned());
-        s = llb.run_with_binds(
-            &s,
-            sh(&script),
-            env_all,
-            "",
-            &[CacheMount {
-                dest: "/var/cache/envd-pip".into(),
-                id: "envd-pip".into(),
-            }],
-            if g.python_requirements.is_empty() && g.python_local_wheels.is_empty() {
-                &[]
-            } else {
-                &context_binds
-            },
-            &format!(
-                "{} install {}",
-                if uv { "uv pip" } else { "pip" },
-                what.join(" ")
-            ),
-        );
-    }
-
-    for st in toolchains::other_steps(g, HOME) {
-        let binds = if st.reads_context {
-            context_binds.clone()
-        } else {
-            vec![]
-        };
-        s = run_step(&mut llb, &s, st, &binds);
-    }
-
-    for d in &g.downloads {
-        let name = d
-            .filename
-            .clone()
-            .or_else(|| d.url.rsplit('/').next().map(str::to_string))
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "download".into());
-        let src = llb.http(&d.url, d.checksum.as_deref(), Some(&name));
-        s = llb.copy(
-            &s,
-            &src,
-            &format!("/{name}"),
-            &format!("{}/{name}", downloads_dir(g)),
-            None,
-            if g.dev { owner } else { None },
-        );
-    }
-
-    for c in &g.copies {
-        let (from, src) = match (&c.image, &context_image) {
-            (Some(image), _) => (llb.image(image), c.source.clone()),
-            (None, Some(cs)) => (cs.clone(), context::BuildContext::path_in_image(&c.source)),
-            (None, None) => bail!("io.copy({:?}) needs the build context", c.source),
-        };
-        let target = if c.target.starts_with('/') {
-            c.target.clone()
-        } else if g.dev {
-            format!("{HOME}/{}", c.target)
-        } else {
-            format!("/{}", c.target)
-        };
-        s = llb.copy(
-            &s,
-            &from,
-            &src,
-            &target,
-            None,
-            if g.dev { owner } else { None },
-        );
-    }
-
-    if g.dev {
-        let Some(runtime) = &ctx.runtime_image else {
-            bail!("a development image needs the envd runtime image (envd-init, envd-sshd)");
-        };
-        let rt = llb.image(runtime);
-        s = llb.copy(
-            &s,
-            &rt,
-            "/envd-init",
-            "/usr/local/bin/envd-init",
-            Some(0o755),
-            None,
-        );
-        s = llb.copy(
-            &s,
-            &rt,
-            "/envd-sshd",
-            "/usr/local/bin/envd-sshd",
-            Some(0o755),
-            None,
-        );
-        for (name, text) in service_files(g, shell_path) {
-            s = llb.mkfile(
-                &s,
-                &format!("{SERVICES_DIR}/{name}.toml"),
-                text.as_bytes(),
-                0o644,
-                None,
-            );
-        }
-        let shell: envd_shell::Shell = g.shell.parse().unwrap_or(envd_shell::Shell::Bash);
-        let mut extra_path = g.runtime.extra_path.clone();
-        extra_path.extend(tool_paths.iter().cloned());
-        let mut env: Vec<(String, String)> = g
-            .runtime
-            .environ
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        env.extend(toolchains::environment(g, HOME));
-        let setup = envd_shell::Setup {
-            env_name: ctx.env_name.clone(),
-            extra_path,
-            env,
-            venv: (has_python && !conda).then(|| VENV.to_string()),
-            conda_env: None,
-        };
-        for f in envd_shell::home_files(shell, &setup) {
-            let path = format!("{HOME}/{}", f.path.display());
-            s = llb.mkfile(&s, &path, f.content.as_bytes(), 0o644, owner);
-        }
-        if let Some(gc) = &g.git_config {
-            let mut text = String::from("[user]\n");
-            if let Some(n) = &gc.name {
-                text.push_str(&format!("\tname = {n}\n"));
-            }
-            if let Some(e) = &gc.email {
-                text.push_str(&format!("\temail = {e}\n"));
-            }
-            if let Some(ed) = &gc.editor {
-                text.push_str(&format!("[core]\n\teditor = {ed}\n"));
-            }
-            s = llb.mkfile(
-                &s,
-                &format!("{HOME}/.gitconfig"),
-                text.as_bytes(),
-                0o644,
-                owner,
-            );
-        }
-    }
-
-    for (i, step) in g.run.iter().enumerate() {
-        let workdir = format!("{HOME}/{}", ctx.workdir_name);
-        let mut script = String::from("set -euo pipefail\n");
-        if step.mount_host {
-            script.push_str(&format!("cd {}\n", quote(&workdir)));
-        }
-        script.push_str(&step.commands.join("\n"));
-        let user = if g.dev { "envd" } else { "" };
-        let mut env = vec![path_env.clone()];
-        env.extend(ca_env.iter().cloned());
-        if g.dev {
-            env.push(format!("HOME={HOME}"));
-        }
-        for (k, v) in toolchains::environment(g, HOME) {
-            env.push(format!("{k}={v}"));
-        }
-        let binds: Vec<Bind> = match (&context_image, step.mount_host) {
-            (Some(cs), true) => vec![Bind {
-                from: cs.clone(),
-                selector: context::ROOT.into(),
-                dest: workdir.clone(),
-            }],
-            _ => vec![],
-        };
-        s = llb.run_with_binds(
-            &s,
-            vec!["/bin/bash".into(), "-c".into(), script],
-            env,
-            user,
-            &[],
-            &binds,
-            &format!("run #{}: {}", i + 1, step.commands.join("; ")),
-        );
-    }
-
-    let config = image_config(g, ctx, &path_env, shell_path)?;
-    Ok(Compiled {
-        definition: llb.definition(&s),
-        config,
-    })
+    let mut chain = stages::Chain::new(g, ctx)?;
+    chain.system_packages();
+    chain.user_and_editor_server(ctx.host_ca.as_deref());
+    chain.host_ca_files(ctx.host_ca.as_deref());
+    chain.conda();
+    chain.python();
+    chain.toolchains();
+    chain.downloads();
+    chain.copies()?;
+    chain.dev_runtime(ctx)?;
+    chain.run_steps(&ctx.workdir_name);
+    chain.finish(ctx)
 }
 
-fn image_config(
-    g: &Graph,
-    ctx: &Context,
-    path_env: &str,
-    shell_path: &str,
-) -> anyhow::Result<Vec<u8>> {
+/// The OCI image config: environment, entrypoint, user, labels and exposed ports.
+fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<u8>> {
     let mut env = vec![path_env.to_string()];
     for (k, v) in toolchains::environment(g, HOME) {
         env.push(format!("{k}={v}"));
     }
     if g.dev {
         env.push(format!("ENVD_NAME={}", ctx.env_name));
-        env.push(format!("SHELL={shell_path}"));
+        env.push(format!("SHELL={}", g.shell.path()));
         env.push(format!("ENVD_WORKDIR={HOME}"));
         env.push("LANG=C.UTF-8".into());
     }
@@ -767,6 +339,7 @@ fn image_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context;
 
     /// Tests that set ENVD_WORKDIR (read by envd-init's expansion) take turns.
     static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -819,7 +392,7 @@ mod tests {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", "/home/envd");
         std::env::set_var("ENVD_JUPYTER_TOKEN", "t");
-        for (name, text) in service_files(&g, "/bin/bash") {
+        for (name, text) in service_files(&g) {
             envd_supervisor::config::parse_service(
                 std::path::Path::new(&format!("{name}.toml")),
                 &text,
@@ -841,7 +414,7 @@ mod tests {
         let odd_dir = "/home/envd/my \"odd\" dir's";
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", odd_dir);
-        let files = service_files(&g, "/bin/bash");
+        let files = service_files(&g);
         let parse = |name: &str| {
             let (_, text) = files.iter().find(|(n, _)| n == name).unwrap();
             envd_supervisor::config::parse_service(
@@ -884,7 +457,7 @@ mod tests {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", "/home/envd");
         std::env::set_var(vscode::ENV_VSCODE_PASSWORD, "p");
-        let (name, text) = service_files(&g, "/bin/bash")
+        let (name, text) = service_files(&g)
             .into_iter()
             .find(|(n, _)| n == "vscode")
             .unwrap();
@@ -948,7 +521,7 @@ mod tests {
             text.contains(" nodejs npm ") || text.contains(" nodejs npm\""),
             "{text}"
         );
-        let jupyter = service_files(&g, "/bin/bash")
+        let jupyter = service_files(&g)
             .into_iter()
             .find(|(n, _)| n == "jupyter")
             .unwrap()

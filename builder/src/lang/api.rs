@@ -59,10 +59,10 @@ pub fn universe(builder: &mut GlobalsBuilder) {
         #[starlark(require = pos, default = "bash")] name: &str,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
-        if !matches!(name, "bash" | "zsh" | "fish") {
-            anyhow::bail!("shell({name:?}): envd supports \"bash\", \"zsh\" and \"fish\"");
-        }
-        recorder(eval)?.graph.borrow_mut().shell = name.to_string();
+        let shell: envd_shell::Shell = name.parse().map_err(|_| {
+            anyhow::anyhow!("shell({name:?}): envd supports \"bash\", \"zsh\" and \"fish\"")
+        })?;
+        recorder(eval)?.graph.borrow_mut().shell = shell;
         Ok(NoneType)
     }
 

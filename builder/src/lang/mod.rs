@@ -173,7 +173,6 @@ pub fn evaluate_with_cache(
     let recorder = Recorder {
         graph: RefCell::new(Graph {
             image: "ubuntu:22.04".into(),
-            shell: "bash".into(),
             ..Graph::default()
         }),
         context_dir: dir.to_path_buf(),

@@ -129,7 +129,7 @@ def build():
     .unwrap();
     assert_eq!(g.image, "debian:bookworm");
     assert!(g.dev);
-    assert_eq!(g.shell, "zsh");
+    assert_eq!(g.shell, envd_shell::Shell::Zsh);
     assert_eq!(
         g.languages,
         vec![Language::Python {

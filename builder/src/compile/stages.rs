@@ -1,0 +1,489 @@
+//! The stages of a build, in the order [`super::compile`] calls them. Each appends its steps to
+//! one LLB chain; what every run step shares (its PATH, CA variables, toolchain variables) is
+//! decided once, in [`Chain::new`] and [`Chain::step_env`].
+
+use anyhow::bail;
+
+use super::{
+    base_image, downloads_dir, python_prefix, python_version, quote, service_files, sh, toolchains,
+    vscode, Compiled, Context, CACHE_DIR, DEV_APT_PACKAGES, HOME, HOST_CA, SERVICES_DIR, USER_IDS,
+    VENV,
+};
+use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
+use crate::context;
+use crate::graph::{Graph, Language};
+
+/// Where pip's and uv's downloads are cached between builds.
+const PIP_CACHE: &str = "/var/cache/envd-pip";
+
+/// apt's archives and lists, kept between builds.
+fn apt_caches() -> [CacheMount; 2] {
+    [
+        CacheMount {
+            dest: "/var/cache/apt".into(),
+            id: "envd-apt-archives".into(),
+        },
+        CacheMount {
+            dest: "/var/lib/apt/lists".into(),
+            id: "envd-apt-lists".into(),
+        },
+    ]
+}
+
+/// The image being built: the LLB so far, its last state, and what the stages share.
+pub(super) struct Chain<'g> {
+    g: &'g Graph,
+    llb: Llb,
+    state: State,
+    /// Where Python lives, when the program wants it.
+    python: Option<&'static str>,
+    conda: bool,
+    /// The build context's files as a state, when the program reads any.
+    context_image: Option<State>,
+    /// `PATH=...` for every step and the image.
+    path_env: String,
+    /// The host CA variables for every step (empty without a host CA).
+    ca_env: Vec<String>,
+}
+
+impl<'g> Chain<'g> {
+    /// Starts from the base image.
+    pub fn new(g: &'g Graph, ctx: &Context) -> anyhow::Result<Self> {
+        let mut llb = Llb::default();
+        let state = llb.image(&base_image(g));
+        let python = python_prefix(g);
+        let conda = toolchains::has_conda(g);
+        let context_image = match (&ctx.context_image, context::referenced_paths(g).is_empty()) {
+            (_, true) => None,
+            (Some(image), false) => Some(llb.image(image)),
+            (None, false) => {
+                bail!("this program reads files from the build context, and no context image was given")
+            }
+        };
+        let mut path: Vec<String> = g.runtime.extra_path.clone();
+        path.extend(toolchains::paths(g, HOME));
+        if let (Some(prefix), false) = (python, conda) {
+            path.push(format!("{prefix}/bin"));
+        }
+        path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        // Build steps trust what the host trusts (see `Context::host_ca`): pip through pip.conf,
+        // uv, curl, conda and npm through these variables.
+        let ca_variables = [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "REQUESTS_CA_BUNDLE",
+        ];
+        let ca_env = match ctx.host_ca {
+            Some(_) => ca_variables.map(|k| format!("{k}={HOST_CA}")).to_vec(),
+            None => Vec::new(),
+        };
+        Ok(Self {
+            g,
+            llb,
+            state,
+            python,
+            conda,
+            context_image,
+            path_env: format!("PATH={}", path.join(":")),
+            ca_env,
+        })
+    }
+
+    /// The environment of a build step: PATH, the host CA, `HOME` for the user's steps, and the
+    /// toolchains' variables.
+    fn step_env(&self, as_user: bool) -> Vec<String> {
+        let mut env = vec![self.path_env.clone()];
+        env.extend(self.ca_env.iter().cloned());
+        if as_user {
+            env.push(format!("HOME={HOME}"));
+        }
+        for (k, v) in toolchains::environment(self.g, HOME) {
+            env.push(format!("{k}={v}"));
+        }
+        env
+    }
+
+    /// The build context mounted read-only where package steps read it.
+    fn context_binds(&self) -> Vec<Bind> {
+        let Some(cs) = &self.context_image else {
+            return Vec::new();
+        };
+        vec![Bind {
+            from: cs.clone(),
+            selector: context::ROOT.into(),
+            dest: context::ROOT.into(),
+        }]
+    }
+
+    /// Runs a toolchain step. What the user installs is group-writable (umask 002): at start
+    /// the user may have another uid and keeps the image's gid as a group (see `USER_IDS`).
+    fn run_step(&mut self, st: toolchains::Step, binds: &[Bind]) {
+        let script = if st.as_user {
+            format!("umask 002\n{}", st.script)
+        } else {
+            st.script
+        };
+        let user = if st.as_user && self.g.dev { "envd" } else { "" };
+        let env = self.step_env(st.as_user);
+        let argv = vec!["/bin/bash".into(), "-c".into(), script];
+        self.state =
+            (self.llb).run_with_binds(&self.state, argv, env, user, &st.caches, binds, &st.name);
+    }
+
+    /// The packages apt installs: the dev image's, Python's, the toolchains' and the user's.
+    fn apt_packages(&self) -> Vec<String> {
+        let g = self.g;
+        let mut apt: Vec<String> = Vec::new();
+        if g.dev {
+            apt.extend(DEV_APT_PACKAGES.iter().map(|p| p.to_string()));
+        }
+        if self.python.is_some() && !self.conda {
+            apt.extend(["python3", "python3-venv", "python3-pip"].map(String::from));
+        }
+        let downloads_something = self.conda
+            || !g.downloads.is_empty()
+            || (g.languages.iter()).any(|l| !matches!(l, Language::Python { .. }));
+        if downloads_something {
+            apt.extend(["curl", "ca-certificates", "bzip2"].map(String::from));
+        }
+        apt.extend(toolchains::apt_packages(g));
+        if g.dev && g.config.vscode.is_some() {
+            apt.extend(vscode::RUNTIME_PACKAGES.iter().map(|p| p.to_string()));
+        }
+        apt.extend(g.apt_packages.iter().cloned());
+        apt.sort();
+        apt.dedup();
+        apt
+    }
+
+    /// `config.apt_source` and one `apt-get install` of every system package.
+    pub fn system_packages(&mut self) {
+        if let Some(src) = &self.g.config.apt_source {
+            let sources = "/etc/apt/sources.list";
+            self.state = (self.llb).mkfile(&self.state, sources, src.as_bytes(), 0o644, None);
+        }
+        let apt = self.apt_packages();
+        if apt.is_empty() {
+            return;
+        }
+        let quoted: Vec<String> = apt.iter().map(|p| quote(p)).collect();
+        let script = format!(
+            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
+            quoted.join(" ")
+        );
+        let name = format!("apt-get install {}", apt.join(" "));
+        self.state = (self.llb).run(&self.state, sh(&script), vec![], "", &apt_caches(), &name);
+    }
+
+    /// The `envd` user, sudo and the runtime directories (dev images), then the VS Code server,
+    /// built in its own chain and copied in before anything that changes more often.
+    pub fn user_and_editor_server(&mut self, host_ca: Option<&[u8]>) {
+        if !self.g.dev {
+            return;
+        }
+        let script = format!(
+            "set -e; other=$(getent passwd {uid} | cut -d: -f1); \
+             if [ -n \"$other\" ] && [ \"$other\" != envd ]; then userdel \"$other\"; fi; \
+             getent group {gid} >/dev/null || groupadd -g {gid} envd; \
+             id -u envd >/dev/null 2>&1 || useradd -m -d {HOME} -u {uid} -g {gid} -s {shell} envd; \
+             mkdir -p /etc/sudoers.d && echo 'envd ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/envd && chmod 0440 /etc/sudoers.d/envd; \
+             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} {CACHE_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd {CACHE_DIR}",
+            uid = USER_IDS.0,
+            gid = USER_IDS.1,
+            shell = self.g.shell.path(),
+        );
+        let name = "create the envd user";
+        self.state = (self.llb).run(&self.state, sh(&script), vec![], "", &[], name);
+        if self.g.config.vscode.is_some() {
+            let ca = host_ca.map(|c| (c, HOST_CA));
+            let server = vscode::stage(&mut self.llb, &base_image(self.g), &apt_caches(), ca);
+            let home = vscode::VSCODE_HOME;
+            self.state = (self.llb).copy(&self.state, &server, home, home, None, None);
+        }
+    }
+
+    /// The host's CA bundle in the image, and pip told to use it.
+    pub fn host_ca_files(&mut self, host_ca: Option<&[u8]>) {
+        let Some(ca) = host_ca else { return };
+        self.state = (self.llb).mkfile(&self.state, HOST_CA, ca, 0o644, None);
+        if self.python.is_some() {
+            let conf = format!("[global]\ncert = {HOST_CA}\n");
+            let pip_conf = "/etc/pip.conf";
+            self.state = (self.llb).mkfile(&self.state, pip_conf, conf.as_bytes(), 0o644, None);
+        }
+    }
+
+    /// Miniforge and the conda environment, when conda is installed.
+    pub fn conda(&mut self) {
+        if !self.conda {
+            return;
+        }
+        let version = python_version(self.g).unwrap_or_else(|| "3.11".into());
+        let binds = self.context_binds();
+        for st in toolchains::conda_steps(self.g, &version, USER_IDS) {
+            self.run_step(st, &binds);
+        }
+    }
+
+    /// The venv (unless conda has the Python) and every Python package, requirements file and
+    /// local wheel, in one step.
+    pub fn python(&mut self) {
+        let Some(prefix) = self.python else { return };
+        let g = self.g;
+        let uv = g.languages.iter().any(|l| matches!(l, Language::Uv { .. }));
+        let packages = python_packages(g);
+        let script = python_script(g, prefix, uv, self.conda, &packages);
+        let mut env = self.step_env(false);
+        env.extend(pip_index_env(g));
+        let mut what: Vec<String> = packages;
+        what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
+        what.extend(g.python_local_wheels.iter().cloned());
+        let installer = if uv { "uv pip" } else { "pip" };
+        let name = format!("{installer} install {}", what.join(" "));
+        let reads_context = !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty();
+        let binds = if reads_context {
+            self.context_binds()
+        } else {
+            Vec::new()
+        };
+        let cache = [CacheMount {
+            dest: PIP_CACHE.into(),
+            id: "envd-pip".into(),
+        }];
+        self.state =
+            (self.llb).run_with_binds(&self.state, sh(&script), env, "", &cache, &binds, &name);
+    }
+
+    /// Every other toolchain (uv, pixi, R, Julia, Rust, Go, Node.js, ...) and its packages.
+    pub fn toolchains(&mut self) {
+        for st in toolchains::other_steps(self.g, HOME) {
+            let binds = if st.reads_context {
+                self.context_binds()
+            } else {
+                Vec::new()
+            };
+            self.run_step(st, &binds);
+        }
+    }
+
+    /// `io.http` downloads, checked by BuildKit against their checksums.
+    pub fn downloads(&mut self) {
+        let g = self.g;
+        let owner = g.dev.then_some(USER_IDS);
+        for d in &g.downloads {
+            let name = d
+                .filename
+                .clone()
+                .or_else(|| d.url.rsplit('/').next().map(str::to_string))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "download".into());
+            let src = self.llb.http(&d.url, d.checksum.as_deref(), Some(&name));
+            let dest = format!("{}/{name}", downloads_dir(g));
+            let from = format!("/{name}");
+            self.state = self.llb.copy(&self.state, &src, &from, &dest, None, owner);
+        }
+    }
+
+    /// `io.copy` from the build context or another image.
+    pub fn copies(&mut self) -> anyhow::Result<()> {
+        let g = self.g;
+        let owner = g.dev.then_some(USER_IDS);
+        for c in &g.copies {
+            let (from, src) = match (&c.image, &self.context_image) {
+                (Some(image), _) => (self.llb.image(image), c.source.clone()),
+                (None, Some(cs)) => (cs.clone(), context::BuildContext::path_in_image(&c.source)),
+                (None, None) => bail!("io.copy({:?}) needs the build context", c.source),
+            };
+            let target = if c.target.starts_with('/') {
+                c.target.clone()
+            } else if g.dev {
+                format!("{HOME}/{}", c.target)
+            } else {
+                format!("/{}", c.target)
+            };
+            self.state = self
+                .llb
+                .copy(&self.state, &from, &src, &target, None, owner);
+        }
+        Ok(())
+    }
+
+    /// What makes a dev image an environment: envd-init and envd-sshd, the service files, the
+    /// shell's rc files and the git config.
+    pub fn dev_runtime(&mut self, ctx: &Context) -> anyhow::Result<()> {
+        if !self.g.dev {
+            return Ok(());
+        }
+        let Some(runtime) = &ctx.runtime_image else {
+            bail!("a development image needs the envd runtime image (envd-init, envd-sshd)");
+        };
+        let rt = self.llb.image(runtime);
+        for bin in ["envd-init", "envd-sshd"] {
+            let (from, to) = (format!("/{bin}"), format!("/usr/local/bin/{bin}"));
+            self.state = (self.llb).copy(&self.state, &rt, &from, &to, Some(0o755), None);
+        }
+        for (name, text) in service_files(self.g) {
+            let path = format!("{SERVICES_DIR}/{name}.toml");
+            self.state = (self.llb).mkfile(&self.state, &path, text.as_bytes(), 0o644, None);
+        }
+        let mut files: Vec<(String, String)> = shell_files(self.g, ctx, self.conda);
+        files.extend(git_config(self.g));
+        for (path, text) in files {
+            let owner = Some(USER_IDS);
+            self.state = (self.llb).mkfile(&self.state, &path, text.as_bytes(), 0o644, owner);
+        }
+        Ok(())
+    }
+
+    /// `run(...)` steps, as the user in dev images; `mount_host` ones see the build context
+    /// where `envd up` mounts it.
+    pub fn run_steps(&mut self, workdir_name: &str) {
+        let g = self.g;
+        let workdir = format!("{HOME}/{workdir_name}");
+        for (i, step) in g.run.iter().enumerate() {
+            let mut script = String::from("set -euo pipefail\n");
+            if step.mount_host {
+                script.push_str(&format!("cd {}\n", quote(&workdir)));
+            }
+            script.push_str(&step.commands.join("\n"));
+            let user = if g.dev { "envd" } else { "" };
+            let binds: Vec<Bind> = match (&self.context_image, step.mount_host) {
+                (Some(cs), true) => vec![Bind {
+                    from: cs.clone(),
+                    selector: context::ROOT.into(),
+                    dest: workdir.clone(),
+                }],
+                _ => vec![],
+            };
+            let name = format!("run #{}: {}", i + 1, step.commands.join("; "));
+            self.state = self.llb.run_with_binds(
+                &self.state,
+                vec!["/bin/bash".into(), "-c".into(), script],
+                self.step_env(g.dev),
+                user,
+                &[],
+                &binds,
+                &name,
+            );
+        }
+    }
+
+    /// The definition and the image config.
+    pub fn finish(self, ctx: &Context) -> anyhow::Result<Compiled> {
+        let config = super::image_config(self.g, ctx, &self.path_env)?;
+        Ok(Compiled {
+            definition: self.llb.definition(&self.state),
+            config,
+        })
+    }
+}
+
+/// The Python packages asked for, with JupyterLab when `config.jupyter` needs it.
+fn python_packages(g: &Graph) -> Vec<String> {
+    let mut pkgs = g.python_packages.clone();
+    if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
+        pkgs.push("jupyterlab".into());
+    }
+    pkgs
+}
+
+/// `config.pip_index` as pip's and uv's variables.
+fn pip_index_env(g: &Graph) -> Vec<String> {
+    let Some(ix) = &g.config.pip_index else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        format!("PIP_INDEX_URL={}", ix.url),
+        format!("UV_INDEX_URL={}", ix.url),
+    ];
+    if let Some(extra) = &ix.extra_url {
+        env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
+        env.push(format!("UV_EXTRA_INDEX_URL={extra}"));
+    }
+    if ix.trust {
+        if let Some(host) = ix.url.split("://").nth(1).and_then(|r| r.split('/').next()) {
+            env.push(format!("PIP_TRUSTED_HOST={host}"));
+        }
+    }
+    env
+}
+
+/// The Python step's script: check the version, create the venv, install, hand it to the user.
+fn python_script(g: &Graph, prefix: &str, uv: bool, conda: bool, packages: &[String]) -> String {
+    let installer = if uv {
+        format!("{prefix}/bin/uv pip install --python {prefix}/bin/python --cache-dir {PIP_CACHE}")
+    } else {
+        format!("{prefix}/bin/pip install --cache-dir {PIP_CACHE}")
+    };
+    let in_image = |p: &String| quote(&context::BuildContext::path_in_image(p));
+    let mut installs = Vec::new();
+    if !packages.is_empty() {
+        let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+        installs.push(format!("{installer} {}", quoted.join(" ")));
+    }
+    for r in &g.python_requirements {
+        installs.push(format!("{installer} -r {}", in_image(r)));
+    }
+    if !g.python_local_wheels.is_empty() {
+        let wheels: Vec<String> = g.python_local_wheels.iter().map(in_image).collect();
+        installs.push(format!("{installer} {}", wheels.join(" ")));
+    }
+    let check = match (python_version(g), conda) {
+        (Some(v), false) => format!(
+            "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: Python {v} was asked; the base image has Python $have, which is used\" >&2 ;; esac; "
+        ),
+        _ => String::new(),
+    };
+    let create = if conda {
+        String::new()
+    } else if uv {
+        format!("python3 -m venv {prefix} && {prefix}/bin/pip install --cache-dir {PIP_CACHE} uv; ")
+    } else {
+        format!("python3 -m venv {prefix}; ")
+    };
+    let install = installs.join(" && ");
+    format!(
+        "set -e; {check}{create}{install}{}chown -R {}:{} {prefix} && chmod -R g+w {prefix}",
+        if install.is_empty() { "" } else { "; " },
+        USER_IDS.0,
+        USER_IDS.1
+    )
+}
+
+/// The shell's rc files in the user's home, with the environment's PATH, variables and Python.
+fn shell_files(g: &Graph, ctx: &Context, conda: bool) -> Vec<(String, String)> {
+    let mut extra_path = g.runtime.extra_path.clone();
+    extra_path.extend(toolchains::paths(g, HOME));
+    let mut env: Vec<(String, String)> = (g.runtime.environ.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(toolchains::environment(g, HOME));
+    let setup = envd_shell::Setup {
+        env_name: ctx.env_name.clone(),
+        extra_path,
+        env,
+        venv: (python_prefix(g).is_some() && !conda).then(|| VENV.to_string()),
+        conda_env: None,
+    };
+    envd_shell::home_files(g.shell, &setup)
+        .into_iter()
+        .map(|f| (format!("{HOME}/{}", f.path.display()), f.content))
+        .collect()
+}
+
+/// `git_config(...)` as `~/.gitconfig`.
+fn git_config(g: &Graph) -> Option<(String, String)> {
+    let gc = g.git_config.as_ref()?;
+    let mut text = String::from("[user]\n");
+    if let Some(n) = &gc.name {
+        text.push_str(&format!("\tname = {n}\n"));
+    }
+    if let Some(e) = &gc.email {
+        text.push_str(&format!("\temail = {e}\n"));
+    }
+    if let Some(ed) = &gc.editor {
+        text.push_str(&format!("[core]\n\teditor = {ed}\n"));
+    }
+    Some((format!("{HOME}/.gitconfig"), text))
+}
