@@ -13,6 +13,7 @@ use crate::compile::{self, Context, LABEL_DIGEST};
 use crate::graph::Graph;
 use crate::lang::{self, Entry};
 use crate::{docker, runtime};
+use bollard::Docker;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -202,7 +203,7 @@ pub async fn build(
         .unwrap_or_else(|| format!("{}:dev", plan.name));
     let tag = opts.output.name(&tag).to_string();
     let exporter = exporter(opts)?;
-    let socket = PathBuf::from(connect::docker_socket());
+    let docker = docker::connect().await?;
     let outcome = |digest: String, output_note| Outcome {
         tag: tag.clone(),
         program_hash: plan.program_hash.clone(),
@@ -213,19 +214,19 @@ pub async fn build(
         output_note,
     };
 
-    if !opts.force && image_is_current(&socket, &tag, &plan.program_hash).await? {
+    if !opts.force && image_is_current(&docker, &tag, &plan.program_hash).await? {
         let note = crate::output::finish(&opts.output, &tag).await?;
         return Ok(outcome(String::new(), note));
     }
     if let Some(r) = &plan.runtime {
-        docker::ensure_runtime_image(&socket, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
+        docker::ensure_runtime_image(&docker, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
     }
     if !plan.context.is_empty() {
-        docker::ensure_context_image(&socket, &plan.context).await?;
+        docker::ensure_context_image(&docker, &plan.context).await?;
     }
     let (digest, exporter) = match solve_plan(opts, &plan, &tag, exporter, &mut progress).await {
         Ok(done) => done,
-        Err(e) => return Err(base_image_error(&socket, &plan.graph, e).await),
+        Err(e) => return Err(base_image_error(&docker, &plan.graph, e).await),
     };
     let note = if exporter == solve::Exporter::Moby {
         crate::output::finish(&opts.output, &tag).await?
@@ -278,16 +279,16 @@ async fn solve_plan(
 }
 
 /// Whether `tag` exists and carries this program's hash.
-async fn image_is_current(socket: &Path, tag: &str, hash: &str) -> anyhow::Result<bool> {
-    let labels = docker::image_labels(socket, tag).await?;
-    Ok(labels.is_some_and(|l| l.get(LABEL_DIGEST).and_then(|v| v.as_str()) == Some(hash)))
+async fn image_is_current(docker: &Docker, tag: &str, hash: &str) -> anyhow::Result<bool> {
+    let labels = docker::image_labels(docker, tag).await?;
+    Ok(labels.is_some_and(|l| l.get(LABEL_DIGEST).map(String::as_str) == Some(hash)))
 }
 
 /// A failed build whose base image the engine does not have is most likely that image: say
 /// which it is, where the build file chose it, and which images could be used instead.
-async fn base_image_error(socket: &Path, graph: &Graph, e: anyhow::Error) -> anyhow::Error {
+async fn base_image_error(docker: &Docker, graph: &Graph, e: anyhow::Error) -> anyhow::Error {
     let image = compile::base_image(graph);
-    if !matches!(docker::image_labels(socket, &image).await, Ok(None)) {
+    if !matches!(docker::image_labels(docker, &image).await, Ok(None)) {
         return e;
     }
     let chosen = if graph.image_at.is_empty() {
@@ -297,7 +298,7 @@ async fn base_image_error(socket: &Path, graph: &Graph, e: anyhow::Error) -> any
     } else {
         format!("base(image={:?}) at {}", graph.image, graph.image_at)
     };
-    let mut have = docker::local_image_tags(socket).await.unwrap_or_default();
+    let mut have = docker::local_image_tags(docker).await.unwrap_or_default();
     have.retain(|t| !t.starts_with("envd-rs/"));
     let suggestion = match have.first() {
         Some(t) => format!("base(image={t:?}, dev=True)"),

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -59,32 +59,31 @@ pub fn docker_socket() -> String {
         .unwrap_or_else(|| "/var/run/docker.sock".into())
 }
 
-/// Does the h2c upgrade on a fresh Docker socket connection and returns the upgraded stream.
-pub async fn moby_grpc_stream(socket: &std::path::Path) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(socket).await?;
-    s.write_all(
-        b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
-    )
-    .await?;
-    // Read the response head byte by byte: nothing after it may be consumed.
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).await? == 0 || head.len() > 16 * 1024 {
-            return Err(std::io::Error::other(
-                "the Docker daemon closed the /grpc upgrade",
-            ));
-        }
-        head.push(byte[0]);
-    }
-    let status = String::from_utf8_lossy(&head);
-    if !status.starts_with("HTTP/1.1 101") {
+/// Asks the Docker daemon to turn a fresh connection into HTTP/2 for its BuildKit (`POST /grpc`
+/// with `Upgrade: h2c`, answered `101 Switching Protocols`) and returns the upgraded connection.
+/// HTTP and the upgrade are hyper's.
+pub async fn moby_grpc_stream(socket: &std::path::Path) -> std::io::Result<Upgraded> {
+    use hyper::header::{CONNECTION, HOST, UPGRADE};
+    let io_error = |e: hyper::Error| std::io::Error::other(e);
+    let stream = UnixStream::connect(socket).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io_error)?;
+    tokio::spawn(connection.with_upgrades());
+    let request = hyper::Request::post("/grpc")
+        .header(HOST, "docker")
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "h2c")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let response = sender.send_request(request).await.map_err(io_error)?;
+    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
         return Err(std::io::Error::other(format!(
             "the Docker daemon refused the BuildKit upgrade: {}",
-            status.lines().next().unwrap_or("")
+            response.status()
         )));
     }
-    Ok(s)
+    hyper::upgrade::on(response).await.map_err(io_error)
 }
 
 /// Opens a gRPC channel to the builder.
@@ -98,7 +97,7 @@ pub async fn connect(builder: &Builder) -> anyhow::Result<Channel> {
         Builder::Moby(socket) => endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
-                async move { moby_grpc_stream(&socket).await.map(TokioIo::new) }
+                async move { moby_grpc_stream(&socket).await }
             }))
             .await
             .with_context(|| format!("cannot reach Docker's BuildKit on {}", docker_socket()))?,

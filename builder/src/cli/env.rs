@@ -107,7 +107,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let terminals = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let tty = args.tty || (!args.no_tty && terminals);
     let code = super::tokio()?.block_on(async {
-        let docker = env::docker().await?;
+        let docker = envd_builder::docker::connect().await?;
         let e = env::find(&docker, &args.name).await?;
         let argv = exec_argv(&e, args.command, args.cmd)?;
         env::commands::exec(&e, argv, tty).await

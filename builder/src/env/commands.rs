@@ -1,54 +1,15 @@
 //! `envd ls`, `describe`, `logs`, `exec` and `down`, and the Docker calls they share with `up`.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::{bail, Context as _};
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::{InspectContainerOptions, LogsOptions, RemoveContainerOptions};
+use bollard::query_parameters::{LogsOptions, RemoveContainerOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{health, ssh, Environment};
-
-/// The parts of a container `envd up` decides on.
-pub struct ContainerInfo {
-    /// Its labels.
-    pub labels: HashMap<String, String>,
-    /// Whether it runs.
-    pub running: bool,
-    /// The image id it was created from.
-    pub image_id: String,
-}
-
-/// Inspects the container called `name`, if any.
-pub async fn container_info(docker: &Docker, name: &str) -> anyhow::Result<Option<ContainerInfo>> {
-    match docker
-        .inspect_container(name, None::<InspectContainerOptions>)
-        .await
-    {
-        Ok(c) => Ok(Some(ContainerInfo {
-            labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
-            running: c.state.and_then(|s| s.running).unwrap_or(false),
-            image_id: c.image.unwrap_or_default(),
-        })),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
-        Err(e) => Err(e).context("cannot inspect the container"),
-    }
-}
-
-/// The id of a local image.
-pub async fn image_id(docker: &Docker, tag: &str) -> anyhow::Result<String> {
-    Ok(docker
-        .inspect_image(tag)
-        .await
-        .with_context(|| format!("cannot inspect the image {tag}"))?
-        .id
-        .unwrap_or_default())
-}
 
 /// The environment of an exec: the user's, and our `TERM` with a terminal. Docker derives
 /// `HOME` from the uid, which is root's when a root host user gave `envd` uid 0.
@@ -66,47 +27,13 @@ fn exec_env(tty: bool) -> Vec<String> {
     env
 }
 
-/// Runs `cmd` in the container (as the environment's user) and collects exit code, stdout and stderr.
+/// Runs `cmd` in the container as the environment's user; returns exit code, stdout, stderr.
 pub async fn exec_capture(
     docker: &Docker,
     id: &str,
     cmd: &[&str],
-    workdir: Option<&str>,
 ) -> anyhow::Result<(i64, String, String)> {
-    let user_env = exec_env(false);
-    let exec = docker
-        .create_exec(
-            id,
-            CreateExecOptions {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                env: Some(user_env.iter().map(String::as_str).collect()),
-                cmd: Some(cmd.to_vec()),
-                working_dir: workdir,
-                user: Some(super::USER),
-                ..Default::default()
-            },
-        )
-        .await
-        .context("cannot create the exec")?;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id, None).await?
-    {
-        while let Some(chunk) = output.next().await {
-            match chunk? {
-                bollard::container::LogOutput::StdErr { message } => {
-                    err.extend_from_slice(&message)
-                }
-                other => out.extend_from_slice(&other.into_bytes()),
-            }
-        }
-    }
-    let code = docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
-    Ok((
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    ))
+    crate::docker::exec_capture(docker, id, cmd, super::USER, &exec_env(false), None).await
 }
 
 /// `envd exec`: runs a command in the environment's working directory with this process's stdin,
@@ -121,7 +48,7 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
             env.status
         );
     }
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let exec = docker
         .create_exec(
             &env.id,
@@ -330,7 +257,7 @@ pub struct ServiceRow {
 
 /// Every environment with its services' states.
 pub async fn rows() -> anyhow::Result<Vec<Row>> {
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let mut rows = Vec::new();
     for env in super::list(&docker).await? {
         let (services, services_error) = if env.running() {
@@ -421,7 +348,7 @@ pub fn print_table(rows: &[Row]) {
 
 /// `envd describe`.
 pub async fn describe(name: &str) -> anyhow::Result<()> {
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let env = super::find(&docker, name).await?;
     println!("name:     {}", env.name);
     println!("status:   {}", env.status);
@@ -488,7 +415,7 @@ pub async fn logs(
     follow: bool,
     tail: u32,
 ) -> anyhow::Result<()> {
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let env = super::find(&docker, name).await?;
     if let Some(service) = service {
         if !env.running() {
@@ -539,7 +466,7 @@ pub async fn logs(
 /// `envd down`: removes the container and its SSH entry, and with `volumes` its named volumes.
 /// Returns the names of the volumes kept.
 pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let env = match super::find(&docker, name).await {
         Ok(env) => env,
         Err(e) => {

@@ -55,20 +55,6 @@ pub fn container_name(name: &str) -> String {
     format!("{name}.{}", owner().1)
 }
 
-/// Connects to the Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`) and agrees on an API
-/// version, so an older engine (Debian's 20.10 speaks 1.41) is spoken to in its own version.
-pub async fn docker() -> anyhow::Result<Docker> {
-    let socket = crate::buildkit::connect::docker_socket();
-    let unreachable = |e: bollard::errors::Error| {
-        anyhow::anyhow!(
-            "cannot reach the Docker engine at {socket}: {e}. Is dockerd running (and may you use its socket)?"
-        )
-    };
-    let docker = Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
-        .map_err(unreachable)?;
-    docker.negotiate_version().await.map_err(unreachable)
-}
-
 /// A service published on the host.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Endpoint {

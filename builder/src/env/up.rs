@@ -265,7 +265,7 @@ fn start_error(e: bollard::errors::Error) -> anyhow::Error {
 
 /// Runs a command in the container and returns its stdout; fails with its output otherwise.
 pub async fn exec_output(docker: &Docker, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
-    let (code, out, err) = super::commands::exec_capture(docker, id, cmd, None).await?;
+    let (code, out, err) = super::commands::exec_capture(docker, id, cmd).await?;
     if code != 0 {
         bail!("{} exited with {code}: {}", cmd.join(" "), err.trim());
     }
@@ -279,7 +279,7 @@ pub async fn up(
     progress: impl FnMut(Progress) + Send,
     mut show: impl FnMut(&ServiceStatus, Duration),
 ) -> anyhow::Result<Up> {
-    let docker = super::docker().await?;
+    let docker = crate::docker::connect().await?;
     let context = opts
         .build
         .path
@@ -295,12 +295,12 @@ pub async fn up(
     if !outcome.graph.dev {
         bail!("envd up needs a development image: base(..., dev=True) in build.envd");
     }
-    let image_id = super::commands::image_id(&docker, &outcome.tag).await?;
+    let image_id = crate::docker::image_id(&docker, &outcome.tag).await?;
     let container = container_name(name);
 
     // Keep a running container of the current image; replace anything else of ours.
     let mut reused = false;
-    if let Some(c) = super::commands::container_info(&docker, &container).await? {
+    if let Some(c) = crate::docker::container_info(&docker, &container).await? {
         let ours = c.labels.get(LABEL_NAME).map(String::as_str) == Some(name)
             && c.labels.get(LABEL_OWNER) == Some(&owner().0.to_string());
         if !ours {

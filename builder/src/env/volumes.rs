@@ -101,17 +101,9 @@ pub async fn list(docker: &Docker, env: &str, sizes: bool) -> anyhow::Result<Vec
 /// models, which know only the newest engines' layout (`VolumeUsage.Items`); Engine 20.10 (API
 /// 1.41) answers with a top-level `Volumes` list.
 async fn volume_sizes() -> anyhow::Result<HashMap<String, i64>> {
-    let socket = std::path::PathBuf::from(crate::buildkit::connect::docker_socket());
-    let (status, body) = crate::docker::request(
-        &socket,
-        "GET",
-        "/system/df?type=volume",
-        b"",
-        "application/json",
-    )
-    .await?;
-    anyhow::ensure!(status == 200, "Docker answered {status} for its disk usage");
-    Ok(sizes_from_df(&serde_json::from_slice(&body)?))
+    Ok(sizes_from_df(
+        &crate::docker::get_json("/system/df?type=volume").await?,
+    ))
 }
 
 fn sizes_from_df(df: &serde_json::Value) -> HashMap<String, i64> {
