@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::buildkit::connect::{self, Builder};
 use crate::buildkit::solve::{self, Progress};
-use crate::compile::{self, Context, LABEL_DIGEST};
+use crate::compile::{self, Context};
+use crate::contract::LABEL_DIGEST;
 use crate::graph::Graph;
 use crate::lang::{self, Entry};
 use crate::{docker, runtime};

@@ -60,7 +60,7 @@ impl Default for Contexts {
 
 /// Where the contexts are kept.
 pub fn path() -> PathBuf {
-    crate::env::ssh::config_dir().join("contexts.toml")
+    crate::host::config_dir().join("contexts.toml")
 }
 
 impl Contexts {

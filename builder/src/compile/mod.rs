@@ -15,24 +15,14 @@ pub mod toolchains;
 pub mod vscode;
 
 use crate::buildkit::proto::pb;
+use crate::contract::{
+    AUTHORIZED_KEYS, HOME, HOST_KEY, JUPYTER_PORT, LABEL_DEV, LABEL_DIGEST, LABEL_RUNTIME,
+    SSH_PORT, USER, VSCODE_PORT,
+};
 use crate::graph::{Graph, Language};
 
 /// Where the Python environment lives in dev images.
 pub const VENV: &str = "/opt/envd/venv";
-/// The environment user's home.
-pub const HOME: &str = "/home/envd";
-/// Where envd-init reads service files.
-pub const SERVICES_DIR: &str = "/etc/envd/services";
-/// Container port of envd-sshd.
-pub const SSH_PORT: u16 = 2222;
-/// Container port of Jupyter.
-pub const JUPYTER_PORT: u16 = 8888;
-
-/// Label holding the program's hash (no rebuild when it is unchanged).
-pub const LABEL_DIGEST: &str = "ai.tensorchord.envd.build.digest";
-/// Label holding the runtime graph (JSON) that `envd up` reads back.
-pub const LABEL_RUNTIME: &str = "ai.tensorchord.envd.graph.runtime";
-
 /// What the compile needs besides the graph.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -52,25 +42,6 @@ pub struct Context {
     /// `/home/envd/<name>`, as `envd up` mounts it.
     pub workdir_name: String,
 }
-
-/// envd-sshd's `authorized_keys`: not in the image (one image serves every host user), but
-/// the host user's public key, mounted there read-only by `envd up`.
-pub const AUTHORIZED_KEYS: &str = "/var/envd/authorized_keys";
-
-/// The `envd` user's uid and gid in every dev image. The host user's own ids are given to it at
-/// start by envd-init (`envd_supervisor::identity`), so the image and its cache do not depend on
-/// who builds it.
-pub const USER_IDS: (u32, u32) = (
-    envd_supervisor::identity::IMAGE_UID,
-    envd_supervisor::identity::IMAGE_UID,
-);
-
-/// Home directories' caches (pip, Hugging Face, ...): a named volume per environment, so they
-/// survive `envd down` (`envd up` mounts it; the image has the directory, owned by the user).
-pub const CACHE_DIR: &str = "/home/envd/.cache";
-
-/// Where the host's CA bundle goes in the image.
-pub const HOST_CA: &str = "/etc/envd/host-ca.crt";
 
 /// The result: an LLB definition and the image config to export it with.
 #[derive(Debug)]
@@ -147,7 +118,7 @@ pub fn service_files(g: &Graph) -> Vec<(String, String)> {
     files.push((
         "sshd".to_string(),
         format!(
-            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --shell {shell_path}\"\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
+            "# Written by envd.\ncommand = \"/usr/local/bin/envd-sshd --listen 0.0.0.0:{SSH_PORT} --authorized-keys {AUTHORIZED_KEYS} --host-key {HOST_KEY} --shell {shell_path}\"\n\n[environment]\nkeep-env = true\n\n[restart]\nstrategy = \"always\"\n\n[healthiness]\ntcp = \"127.0.0.1:{SSH_PORT}\"\ninterval = \"5s\"\n"
         ),
     ));
     for (i, cmd) in g.runtime.init.iter().enumerate() {
@@ -285,7 +256,7 @@ fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<
         LABEL_RUNTIME.to_string(),
         serde_json::to_string(&g.runtime)?,
     );
-    labels.insert("ai.tensorchord.envd.dev".to_string(), g.dev.to_string());
+    labels.insert(LABEL_DEV.to_string(), g.dev.to_string());
     if let Some((url, desc)) = &g.config.repo {
         labels.insert("ai.tensorchord.envd.repo.url".to_string(), url.clone());
         labels.insert(
@@ -300,7 +271,7 @@ fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<
             exposed.insert(format!("{JUPYTER_PORT}/tcp"), json!({}));
         }
         if g.config.vscode.is_some() {
-            exposed.insert(format!("{}/tcp", vscode::VSCODE_PORT), json!({}));
+            exposed.insert(format!("{}/tcp", VSCODE_PORT), json!({}));
         }
     }
     for e in &g.runtime.expose {
@@ -312,7 +283,7 @@ fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<
             vec![
                 "/usr/local/bin/envd-init".to_string(),
                 "--user".to_string(),
-                "envd".to_string(),
+                USER.to_string(),
             ],
             "root".to_string(),
             HOME.to_string(),
@@ -456,7 +427,7 @@ mod tests {
         assert!(cfg["config"]["ExposedPorts"]["8080/tcp"].is_object());
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("ENVD_WORKDIR", "/home/envd");
-        std::env::set_var(vscode::ENV_VSCODE_PASSWORD, "p");
+        std::env::set_var(crate::contract::ENV_VSCODE_PASSWORD, "p");
         let (name, text) = service_files(&g)
             .into_iter()
             .find(|(n, _)| n == "vscode")

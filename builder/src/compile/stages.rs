@@ -6,11 +6,11 @@ use anyhow::bail;
 
 use super::{
     base_image, downloads_dir, python_prefix, python_version, quote, service_files, sh, toolchains,
-    vscode, Compiled, Context, CACHE_DIR, DEV_APT_PACKAGES, HOME, HOST_CA, SERVICES_DIR, USER_IDS,
-    VENV,
+    vscode, Compiled, Context, DEV_APT_PACKAGES, VENV,
 };
 use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
 use crate::context;
+use crate::contract::{CACHE_DIR, HOME, HOST_CA, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS};
 use crate::graph::{Graph, Language};
 
 /// Where pip's and uv's downloads are cached between builds.
@@ -124,7 +124,7 @@ impl<'g> Chain<'g> {
         } else {
             st.script
         };
-        let user = if st.as_user && self.g.dev { "envd" } else { "" };
+        let user = if st.as_user && self.g.dev { USER } else { "" };
         let env = self.step_env(st.as_user);
         let argv = vec!["/bin/bash".into(), "-c".into(), script];
         self.state =
@@ -188,7 +188,8 @@ impl<'g> Chain<'g> {
              getent group {gid} >/dev/null || groupadd -g {gid} envd; \
              id -u envd >/dev/null 2>&1 || useradd -m -d {HOME} -u {uid} -g {gid} -s {shell} envd; \
              mkdir -p /etc/sudoers.d && echo 'envd ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/envd && chmod 0440 /etc/sudoers.d/envd; \
-             mkdir -p /var/envd /run/envd /var/log/envd {SERVICES_DIR} {CACHE_DIR} && chown {uid}:{gid} /var/envd /run/envd /var/log/envd {CACHE_DIR}",
+             mkdir -p {runtime_dirs} {SERVICES_DIR} {CACHE_DIR} && chown {uid}:{gid} {runtime_dirs} {CACHE_DIR}",
+            runtime_dirs = RUNTIME_DIRS.join(" "),
             uid = USER_IDS.0,
             gid = USER_IDS.1,
             shell = self.g.shell.path(),
@@ -347,7 +348,7 @@ impl<'g> Chain<'g> {
                 script.push_str(&format!("cd {}\n", quote(&workdir)));
             }
             script.push_str(&step.commands.join("\n"));
-            let user = if g.dev { "envd" } else { "" };
+            let user = if g.dev { USER } else { "" };
             let binds: Vec<Bind> = match (&self.context_image, step.mount_host) {
                 (Some(cs), true) => vec![Bind {
                     from: cs.clone(),

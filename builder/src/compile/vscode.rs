@@ -10,13 +10,10 @@
 //! Facts behind each step: `../shared/notes/vscode-server.md` (measured on this machine).
 
 use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
+use crate::contract::{ENV_VSCODE_PASSWORD, VSCODE_PORT};
 
 /// Where code-server and its Node.js live in the image (root's, read-only to the user).
 pub const VSCODE_HOME: &str = "/opt/envd/vscode";
-/// The port code-server listens on inside the environment.
-pub const VSCODE_PORT: u16 = 8080;
-/// The environment variable holding the server's password (read by the `vscode` service).
-pub const ENV_VSCODE_PASSWORD: &str = "ENVD_VSCODE_PASSWORD";
 /// Where extensions go: the directory desktop VS Code's Remote-SSH uses too.
 pub const EXTENSIONS_DIR: &str = "/home/envd/.vscode-server/extensions";
 

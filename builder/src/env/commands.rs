@@ -11,14 +11,16 @@ use tokio::io::AsyncWriteExt;
 
 use super::{health, ssh, Environment};
 
+use crate::contract::{HOME, USER};
+
 /// The environment of an exec: the user's, and our `TERM` with a terminal. Docker derives
 /// `HOME` from the uid, which is root's when a root host user gave `envd` uid 0.
 fn exec_env(tty: bool) -> Vec<String> {
-    let user = super::USER;
+    let user = USER;
     let mut env = vec![
         format!("USER={user}"),
         format!("LOGNAME={user}"),
-        format!("HOME={}", crate::compile::HOME),
+        format!("HOME={}", HOME),
     ];
     if tty {
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
@@ -33,7 +35,7 @@ pub async fn exec_capture(
     id: &str,
     cmd: &[&str],
 ) -> anyhow::Result<(i64, String, String)> {
-    crate::docker::exec_capture(docker, id, cmd, super::USER, &exec_env(false), None).await
+    crate::docker::exec_capture(docker, id, cmd, USER, &exec_env(false), None).await
 }
 
 /// `envd exec`: runs a command in the environment's working directory with this process's stdin,
@@ -60,7 +62,7 @@ pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Res
                 env: Some(exec_env(tty)),
                 cmd: Some(cmd),
                 working_dir: Some(env.workdir.clone()),
-                user: Some(super::USER.to_string()),
+                user: Some(USER.to_string()),
                 ..Default::default()
             },
         )

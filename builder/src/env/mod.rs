@@ -19,24 +19,11 @@ use anyhow::{bail, Context as _};
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use bollard::Docker;
 
-use crate::compile::vscode::{ENV_VSCODE_PASSWORD, VSCODE_PORT};
-use crate::compile::{JUPYTER_PORT, LABEL_RUNTIME, SSH_PORT};
+use crate::contract::{
+    API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, JUPYTER_PORT, LABEL_CONTEXT,
+    LABEL_NAME, LABEL_OWNER, LABEL_RUNTIME, SSH_PORT, VSCODE_PORT,
+};
 use crate::graph::Runtime;
-
-/// Label carrying the environment's name.
-pub const LABEL_NAME: &str = "ai.tensorchord.envd.name";
-/// Label carrying the uid of the host user who brought the environment up.
-pub const LABEL_OWNER: &str = "ai.tensorchord.envd.owner";
-/// The account the environment's shells, services and `envd exec` run as.
-pub const USER: &str = "envd";
-/// Label carrying the build context's host path.
-pub const LABEL_CONTEXT: &str = "ai.tensorchord.envd.context";
-/// Port of envd-init's token-protected gRPC API inside the container.
-pub const API_PORT: u16 = 2224;
-/// Environment variable holding the API token (read by envd-init).
-pub const ENV_API_TOKEN: &str = "ENVD_API_TOKEN";
-/// Environment variable holding Jupyter's token (read by the jupyter service).
-pub const ENV_JUPYTER_TOKEN: &str = "ENVD_JUPYTER_TOKEN";
 
 /// The host user acting: their uid (labels) and login name (container names).
 pub fn owner() -> (u32, String) {

@@ -12,14 +12,13 @@ use bollard::Docker;
 use envd_supervisor::proto::supervisor::ServiceStatus;
 
 use super::health::{self, NotReady, Ready};
-use super::{
-    container_name, owner, ssh, volumes, Environment, API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN,
-    LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER,
-};
+use super::{container_name, owner, ssh, volumes, Environment};
 use crate::build::{self, Options};
 use crate::buildkit::solve::Progress;
-use crate::compile::vscode::{ENV_VSCODE_PASSWORD, VSCODE_PORT};
-use crate::compile::{AUTHORIZED_KEYS, HOME, JUPYTER_PORT, SSH_PORT};
+use crate::contract::{
+    API_PORT, AUTHORIZED_KEYS, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME,
+    HOST_KEY, JUPYTER_PORT, LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER, SSH_PORT, VSCODE_PORT,
+};
 use crate::graph::Graph;
 
 /// What to bring up.
@@ -59,7 +58,7 @@ pub fn random_token() -> anyhow::Result<String> {
 /// Resolves a host path given in build.envd (`~`, relative to the build context).
 fn host_path(context: &Path, p: &str) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/") {
-        return ssh::home_dir().join(rest);
+        return crate::host::home_dir().join(rest);
     }
     let path = PathBuf::from(p);
     if path.is_absolute() {
@@ -188,7 +187,7 @@ fn container_body(
             binding(ip, e.host_port.max(0) as u16),
         );
     }
-    let public_key = ssh::key_path().with_extension("pub");
+    let public_key = crate::host::key_path().with_extension("pub");
     let mut binds = vec![
         format!("{}:{workdir}", context.display()),
         format!("{}:{AUTHORIZED_KEYS}:ro", public_key.display()),
@@ -326,7 +325,7 @@ pub async fn up(
     let started = Instant::now();
     if !reused {
         // The key envd-sshd accepts is mounted from here, never baked into the image.
-        ssh::ensure_user_key()?;
+        crate::host::ensure_user_key()?;
         let mut named = Vec::new();
         for (key, path) in volumes::wanted(&outcome.graph) {
             named.push((volumes::ensure(&docker, name, &key, &path).await?, path));
@@ -368,13 +367,9 @@ pub async fn up(
     let ssh_entry = async {
         health::wait_serving(&env, "sshd", opts.timeout).await?;
         let ready_at = started.elapsed();
-        let host_key = exec_output(
-            &docker,
-            &env.id,
-            &["cat", "/var/envd/ssh_host_ed25519_key.pub"],
-        )
-        .await
-        .context("cannot read the environment's SSH host key")?;
+        let host_key = exec_output(&docker, &env.id, &["cat", &format!("{HOST_KEY}.pub")])
+            .await
+            .context("cannot read the environment's SSH host key")?;
         let port = env
             .port("ssh")
             .context("the container publishes no SSH port")?;

@@ -12,12 +12,9 @@ use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{ListVolumesOptions, RemoveVolumeOptions};
 use bollard::Docker;
 
-use super::{container_name, owner, LABEL_NAME, LABEL_OWNER};
-use crate::compile::CACHE_DIR;
+use super::{container_name, owner};
+use crate::contract::{CACHE_DIR, LABEL_NAME, LABEL_OWNER, LABEL_VOLUME_PATH};
 use crate::graph::Graph;
-
-/// Label holding the path a volume is mounted at.
-pub const LABEL_PATH: &str = "ai.tensorchord.envd.volume.path";
 
 /// One of an environment's volumes.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,7 +50,7 @@ pub async fn ensure(docker: &Docker, env: &str, key: &str, path: &str) -> anyhow
             labels: Some(HashMap::from([
                 (LABEL_NAME.to_string(), env.to_string()),
                 (LABEL_OWNER.to_string(), owner().0.to_string()),
-                (LABEL_PATH.to_string(), path.to_string()),
+                (LABEL_VOLUME_PATH.to_string(), path.to_string()),
             ])),
             ..Default::default()
         })
@@ -89,7 +86,7 @@ pub async fn list(docker: &Docker, env: &str, sizes: bool) -> anyhow::Result<Vec
         .into_iter()
         .map(|v| Volume {
             size: usage.get(&v.name).copied().filter(|s| *s >= 0),
-            path: v.labels.get(LABEL_PATH).cloned().unwrap_or_default(),
+            path: v.labels.get(LABEL_VOLUME_PATH).cloned().unwrap_or_default(),
             name: v.name,
         })
         .collect();
