@@ -8,10 +8,14 @@
 //! - [`compile`] and [`buildkit`]: the graph as LLB, solved on BuildKit (Docker's embedded one or
 //!   a standalone `buildkitd`); [`build`] is `envd build`, with its no-rebuild check;
 //! - [`contexts`]: `envd context`, the named builders;
-//! - [`env`]: running environments (`envd up`, `ls`, `describe`, `logs`, `exec`, `down`) on the
-//!   Docker engine, their health through envd-init's API, and `ssh NAME.envd`;
-//! - [`runtime`] and [`docker`]: finding the static in-container binaries and loading them into
-//!   the engine as a local image.
+//! - [`env`]: running environments (`envd up`, `ls`, `describe`, `logs`, `exec`, `down`) through
+//!   the [`env::runner::Runner`] seam (Docker today), their health through envd-init's API, and
+//!   `ssh NAME.envd`;
+//! - [`contract`]: what images and runners agree on (user, paths, ports, variables, labels);
+//! - [`docker`]: the one Docker client; [`host`]: the host user's envd files and key pair;
+//!   [`runtime`]: finding the static in-container binaries.
+//!
+//! `docs/ARCHITECTURE.md` draws the layout and the way data flows through it.
 
 pub mod build;
 pub mod buildkit;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use envd_builder::env::runner::Runner;
 use envd_builder::{build, env};
 
 /// `envd ls`'s flags.
@@ -107,10 +108,10 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let terminals = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let tty = args.tty || (!args.no_tty && terminals);
     let code = super::tokio()?.block_on(async {
-        let docker = envd_builder::docker::connect().await?;
-        let e = env::find(&docker, &args.name).await?;
+        let runner = env::runner::default_runner().await?;
+        let e = env::runner::find(&runner, &args.name).await?;
         let argv = exec_argv(&e, args.command, args.cmd)?;
-        env::commands::exec(&e, argv, tty).await
+        runner.exec(&e, argv, tty).await
     })?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

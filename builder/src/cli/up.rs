@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let volumes = args
         .volume
         .iter()
-        .map(|v| env::up::parse_volume(v))
+        .map(|v| env::spec::parse_volume(v))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let name = args.name.unwrap_or_else(|| build::env_name(&args.path));
     let opts = env::up::UpOptions {

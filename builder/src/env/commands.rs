@@ -2,199 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context as _};
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::{LogsOptions, RemoveContainerOptions};
-use bollard::Docker;
+use anyhow::bail;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 
+use super::runner::{default_runner, find, Runner};
 use super::{health, ssh, Environment};
-
-use crate::contract::{HOME, USER};
-
-/// The environment of an exec: the user's, and our `TERM` with a terminal. Docker derives
-/// `HOME` from the uid, which is root's when a root host user gave `envd` uid 0.
-fn exec_env(tty: bool) -> Vec<String> {
-    let user = USER;
-    let mut env = vec![
-        format!("USER={user}"),
-        format!("LOGNAME={user}"),
-        format!("HOME={}", HOME),
-    ];
-    if tty {
-        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        env.push(format!("TERM={term}"));
-    }
-    env
-}
-
-/// Runs `cmd` in the container as the environment's user; returns exit code, stdout, stderr.
-pub async fn exec_capture(
-    docker: &Docker,
-    id: &str,
-    cmd: &[&str],
-) -> anyhow::Result<(i64, String, String)> {
-    crate::docker::exec_capture(docker, id, cmd, USER, &exec_env(false), None).await
-}
-
-/// `envd exec`: runs a command in the environment's working directory with this process's stdin,
-/// stdout and stderr, and returns its exit code. With `tty`, the command gets a terminal of its
-/// own (like `docker exec -it`): this terminal is put in raw mode for the duration, its size is
-/// passed on and follows resizes, and `TERM` goes with it.
-pub async fn exec(env: &Environment, cmd: Vec<String>, tty: bool) -> anyhow::Result<i64> {
-    if !env.running() {
-        bail!(
-            "{} is not running (status: {}); start it with envd up",
-            env.name,
-            env.status
-        );
-    }
-    let docker = crate::docker::connect().await?;
-    let exec = docker
-        .create_exec(
-            &env.id,
-            CreateExecOptions {
-                attach_stdin: Some(true),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                tty: Some(tty),
-                env: Some(exec_env(tty)),
-                cmd: Some(cmd),
-                working_dir: Some(env.workdir.clone()),
-                user: Some(USER.to_string()),
-                ..Default::default()
-            },
-        )
-        .await
-        .context("cannot create the exec")?;
-    let started = docker
-        .start_exec(
-            &exec.id,
-            Some(StartExecOptions {
-                tty,
-                ..Default::default()
-            }),
-        )
-        .await?;
-    // Raw mode from here until the guard drops (also on errors), so keys such as ^C reach the
-    // command instead of killing envd.
-    let _raw = if tty { RawTerminal::enter() } else { None };
-    if let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = started
-    {
-        if tty {
-            tokio::spawn(follow_terminal_size(docker.clone(), exec.id.clone()));
-        }
-        // stdin is read by a plain thread: tokio's stdin cannot be cancelled and would keep the
-        // process alive after the command ended, until the next key press.
-        let mut stdin = stdin_chunks();
-        let feed = tokio::spawn(async move {
-            while let Some(chunk) = stdin.recv().await {
-                if input.write_all(&chunk).await.is_err() || input.flush().await.is_err() {
-                    return;
-                }
-            }
-            let _ = input.shutdown().await;
-        });
-        while let Some(chunk) = output.next().await {
-            match chunk? {
-                bollard::container::LogOutput::StdErr { message } => {
-                    let mut e = std::io::stderr().lock();
-                    e.write_all(&message)?;
-                    e.flush()?;
-                }
-                other => {
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&other.into_bytes())?;
-                    o.flush()?;
-                }
-            }
-        }
-        feed.abort();
-    }
-    Ok(docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1))
-}
-
-/// This process's stdin in chunks, read on a thread of its own that never holds up exit; the
-/// channel closes at end of input.
-fn stdin_chunks() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// The size of the terminal on stdout (rows, columns), if it is one.
-fn terminal_size() -> Option<(u16, u16)> {
-    let mut ws = nix::libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct it is given, which lives on our stack.
-    let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
-}
-
-/// Gives the exec's terminal our size now and after every SIGWINCH.
-async fn follow_terminal_size(docker: Docker, exec_id: String) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut winch = signal(SignalKind::window_change()).ok();
-    loop {
-        if let Some((height, width)) = terminal_size() {
-            let _ = docker
-                .resize_exec(&exec_id, bollard::exec::ResizeExecOptions { height, width })
-                .await;
-        }
-        match winch.as_mut() {
-            Some(w) => {
-                if w.recv().await.is_none() {
-                    return;
-                }
-            }
-            None => return,
-        }
-    }
-}
-
-/// The terminal on stdin in raw mode; the saved settings come back on drop.
-struct RawTerminal(nix::sys::termios::Termios);
-
-impl RawTerminal {
-    fn enter() -> Option<Self> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(Self(saved))
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        use nix::sys::termios::{tcsetattr, SetArg};
-        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
-    }
-}
 
 /// The lines `envd up` and `envd describe` print about how to reach an environment.
 pub fn endpoint_lines(env: &Environment) -> Vec<String> {
@@ -259,9 +71,9 @@ pub struct ServiceRow {
 
 /// Every environment with its services' states.
 pub async fn rows() -> anyhow::Result<Vec<Row>> {
-    let docker = crate::docker::connect().await?;
+    let runner = default_runner().await?;
     let mut rows = Vec::new();
-    for env in super::list(&docker).await? {
+    for env in runner.list().await? {
         let (services, services_error) = if env.running() {
             match health::services(&env).await {
                 Ok(s) => (
@@ -350,8 +162,8 @@ pub fn print_table(rows: &[Row]) {
 
 /// `envd describe`.
 pub async fn describe(name: &str) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
-    let env = super::find(&docker, name).await?;
+    let runner = default_runner().await?;
+    let env = find(&runner, name).await?;
     println!("name:     {}", env.name);
     println!("status:   {}", env.status);
     println!("image:    {}", env.image);
@@ -369,7 +181,7 @@ pub async fn describe(name: &str) -> anyhow::Result<()> {
             e.service, e.host_ip, e.host_port, e.container_port
         );
     }
-    let volumes = super::volumes::list(&docker, &env.name, true).await?;
+    let volumes = runner.volumes(&env.name, true).await?;
     if !volumes.is_empty() {
         println!("volumes (kept by envd down; envd down --volumes removes them):");
         for v in &volumes {
@@ -417,8 +229,8 @@ pub async fn logs(
     follow: bool,
     tail: u32,
 ) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
-    let env = super::find(&docker, name).await?;
+    let runner = default_runner().await?;
+    let env = find(&runner, name).await?;
     if let Some(service) = service {
         if !env.running() {
             bail!("{name} is not running; service logs come from its envd-init");
@@ -443,83 +255,48 @@ pub async fn logs(
         }
         return Ok(());
     }
-    let mut stream = docker.logs(
-        &env.id,
-        Some(LogsOptions {
-            follow,
-            stdout: true,
-            stderr: true,
-            tail: if tail == 0 {
-                "all".into()
-            } else {
-                tail.to_string()
-            },
-            ..Default::default()
-        }),
-    );
-    while let Some(chunk) = stream.next().await {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&chunk?.into_bytes())?;
-        out.flush()?;
-    }
+    let mut stdout = std::io::stdout();
+    runner.output(&env, follow, tail, &mut stdout).await?;
     Ok(())
 }
 
 /// `envd down`: removes the container and its SSH entry, and with `volumes` its named volumes.
 /// Returns the names of the volumes kept.
 pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
-    let docker = crate::docker::connect().await?;
-    let env = match super::find(&docker, name).await {
+    let runner = default_runner().await?;
+    let env = match find(&runner, name).await {
         Ok(env) => env,
         Err(e) => {
-            // A leftover entry or volumes of a container removed by other means still go.
-            let left = super::volumes::list(&docker, name, false).await?;
+            // A leftover entry or volumes of an environment removed by other means still go.
+            let left = runner.volumes(name, false).await?;
             if ssh::has_entry(name) || (volumes && !left.is_empty()) {
                 ssh::remove_environment(name)?;
                 println!("{name}: no container; removed its SSH entry");
-                return finish_volumes(&docker, name, volumes).await;
+                return finish_volumes(&runner, name, volumes).await;
             }
             return Err(e);
         }
     };
-    // A stop first: envd-init gets SIGTERM and stops every service in order; the removal
-    // alone would kill it outright.
-    if env.running() {
-        let _ = docker
-            .stop_container(
-                &env.id,
-                Some(bollard::query_parameters::StopContainerOptions {
-                    t: Some(10),
-                    signal: None,
-                }),
-            )
-            .await;
-    }
-    docker
-        .remove_container(
-            &env.id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .context("cannot remove the container")?;
+    runner.remove(&env, STOP_GRACE).await?;
     ssh::remove_environment(name)?;
-    finish_volumes(&docker, name, volumes).await
+    finish_volumes(&runner, name, volumes).await
 }
 
+/// How long envd-init gets to stop every service before the environment is killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes the volumes (`remove`) or names the ones kept.
-async fn finish_volumes(docker: &Docker, name: &str, remove: bool) -> anyhow::Result<Vec<String>> {
+async fn finish_volumes(
+    runner: &impl Runner,
+    name: &str,
+    remove: bool,
+) -> anyhow::Result<Vec<String>> {
     if remove {
-        for v in super::volumes::remove_all(docker, name).await? {
+        for v in runner.remove_volumes(name).await? {
             println!("removed the volume {v}");
         }
         return Ok(Vec::new());
     }
-    Ok(super::volumes::list(docker, name, false)
-        .await?
-        .into_iter()
-        .map(|v| v.name)
-        .collect())
+    let kept = runner.volumes(name, false).await?;
+    Ok(kept.into_iter().map(|v| v.name).collect())
 }
