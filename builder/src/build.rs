@@ -261,7 +261,7 @@ async fn solve_plan(
         // A unix/tcp address can lead to Docker's BuildKit, which has only its own exporter.
         Err(e)
             if exporter != solve::Exporter::Moby
-                && format!("{e:#}").contains("exporter \"image\" could not be found") =>
+                && matches!(e.downcast_ref(), Some(solve::Refusal::UnknownExporter(_))) =>
         {
             let moby = solve::Exporter::Moby;
             let digest = solve::build_image(

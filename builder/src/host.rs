@@ -1,6 +1,6 @@
 //! The host user's envd files: the configuration directory (named builders, SSH entries, pinned
 //! host keys) and the key pair environments trust. Everything on the host side that writes a
-//! file the user keeps goes through [`write_file`].
+//! file the user keeps goes through `write_file`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -449,7 +449,16 @@ fn uv_and_nodejs_toolchains_build_and_run() {
     );
     let dir = root.path().join("e2etools");
     let tag = "envd-e2e/tools:test";
-    let out = envd(&["build", "--path", dir.to_str().unwrap(), "-t", tag]);
+    // --force: an image left by an earlier run on this engine would skip the build (and the
+    // step line this test looks for).
+    let out = envd(&[
+        "build",
+        "--path",
+        dir.to_str().unwrap(),
+        "-t",
+        tag,
+        "--force",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("uv pip install six"), "{}", text(&out));
     let o = docker(&[

@@ -8,7 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -75,6 +79,35 @@ impl std::fmt::Display for BuildFailure {
 
 impl std::error::Error for BuildFailure {}
 
+/// Why BuildKit refused a build before running it, told apart where the caller acts on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The builder has no such exporter (Docker's BuildKit has only `moby`).
+    #[error("BuildKit refused the build: {0}")]
+    UnknownExporter(String),
+    /// Anything else, in BuildKit's words.
+    #[error("BuildKit refused the build: {0}")]
+    Other(String),
+}
+
+impl Refusal {
+    /// Reads BuildKit's message (it gives no code that tells these apart).
+    fn from_message(message: &str) -> Self {
+        if message.contains("exporter") && message.contains("could not be found") {
+            Refusal::UnknownExporter(message.to_string())
+        } else {
+            Refusal::Other(message.to_string())
+        }
+    }
+}
+
+/// How long a gateway call waits for `Control.Solve` to register the build.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(30);
+/// Status messages still in flight after a solve ends get this long to arrive.
+const STATUS_SETTLE: Duration = Duration::from_millis(100);
+/// BuildKit's answers (results, status) can be large.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// Builds `definition` and exports it to the Docker image `tag` with `config` (OCI image config
 /// JSON). Returns the image digest.
 pub async fn build_image(
@@ -85,175 +118,233 @@ pub async fn build_image(
     exporter: Exporter,
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<String> {
-    // A unique build ref: a failed read must not give every build the same all-zero ref.
-    let build_id = crate::random::hex(12)?;
-    let ctl = control::control_client::ControlClient::new(channel.clone())
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let mut exporter_attrs = BTreeMap::new();
-    exporter_attrs.insert("name".to_string(), tag.to_string());
-    let exporter = match exporter {
-        Exporter::Moby => "moby",
-        Exporter::Image { push } => {
-            if push {
-                exporter_attrs.insert("push".to_string(), "true".to_string());
-            }
-            "image"
-        }
+    let mut build = Build::open(channel, tag, exporter)?;
+    let result = match build.solve(definition, &mut progress).await? {
+        Ok(result) => result,
+        Err(status) => return Err(build.fail(status, &mut progress).await),
     };
-    let solve_req = control::SolveRequest {
-        r#ref: build_id.clone(),
-        definition: None,
-        exporter: exporter.into(),
-        exporter_attrs,
-        session: String::new(),
-        frontend: String::new(),
-        frontend_attrs: BTreeMap::new(),
-        entitlements: vec![],
-    };
-    let mut solve_client = ctl.clone();
-    let solve = tokio::spawn(async move { solve_client.solve(solve_req).await });
+    build.return_result(result, config).await?;
+    build.finish(&mut progress).await
+}
 
-    // Status stream, in its own task: grpc-go sends the response headers with the first
-    // message, which only comes once LLBBridge.Solve below has started vertices.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<control::StatusResponse>();
-    let mut status_client = ctl.clone();
-    let status_ref = build_id.clone();
-    let status_task = tokio::spawn(async move {
-        let Ok(resp) = status_client
-            .status(control::StatusRequest { r#ref: status_ref })
-            .await
-        else {
-            return;
-        };
-        let mut status = resp.into_inner();
-        while let Ok(Some(msg)) = status.message().await {
-            if tx.send(msg).is_err() {
-                break;
-            }
-        }
-    });
+/// One build through the gateway: the `Control.Solve` call that exports it, the status stream,
+/// and the bridge our definition is solved through.
+struct Build {
+    id: MetadataValue<tonic::metadata::Ascii>,
+    bridge: gateway::llb_bridge_client::LlbBridgeClient<Channel>,
+    export: JoinHandle<Result<tonic::Response<control::SolveResponse>, tonic::Status>>,
+    status: mpsc::UnboundedReceiver<control::StatusResponse>,
+    status_task: JoinHandle<()>,
+    tracker: Tracker,
+}
 
-    let mut bridge = gateway::llb_bridge_client::LlbBridgeClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let id: MetadataValue<_> = build_id.parse()?;
-
-    let mut tracker = Tracker::default();
-    // Control.Solve registers the build asynchronously; a gateway call that arrives first (more
-    // likely through a relay or on a loaded machine) gets "no such job": ask again shortly.
-    let registered_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let solved = loop {
-        let mut req = tonic::Request::new(gateway::SolveRequest {
-            definition: Some(definition.clone()),
-            frontend: String::new(),
-            frontend_opt: BTreeMap::new(),
-            allow_result_return: true,
-            allow_result_array_ref: true,
-            r#final: false,
-        });
-        req.metadata_mut()
-            .insert("buildkit-controlapi-buildid", id.clone());
-        let call = bridge.solve(req);
-        tokio::pin!(call);
-        let r = loop {
-            tokio::select! {
-                r = &mut call => break r,
-                Some(msg) = rx.recv() => tracker.handle(msg, &mut progress),
+impl Build {
+    /// Opens the build: `Control.Solve` with no definition and the exporter, and the status
+    /// stream, each in a task of its own.
+    fn open(channel: Channel, tag: &str, exporter: Exporter) -> anyhow::Result<Self> {
+        // A unique build ref: a failed read must not give every build the same all-zero ref.
+        let build_id = crate::random::hex(12)?;
+        let ctl = control::control_client::ControlClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
+        let mut exporter_attrs = BTreeMap::from([("name".to_string(), tag.to_string())]);
+        let exporter = match exporter {
+            Exporter::Moby => "moby",
+            Exporter::Image { push } => {
+                if push {
+                    exporter_attrs.insert("push".to_string(), "true".to_string());
+                }
+                "image"
             }
         };
-        match r {
-            Err(s) if s.message().contains("no such job") => {
-                // A build that never registers failed at once: say why (e.g. an unknown
-                // exporter) rather than "no such job".
-                if solve.is_finished() {
-                    status_task.abort();
-                    return match solve.await {
-                        Ok(Err(status)) => Err(anyhow::anyhow!(
-                            "BuildKit refused the build: {}",
-                            status.message()
-                        )),
-                        Ok(Ok(_)) => Err(anyhow::anyhow!(
-                            "BuildKit ended the build before it started"
-                        )),
-                        Err(e) => Err(anyhow::anyhow!("the build task failed: {e}")),
-                    };
-                }
-                if std::time::Instant::now() >= registered_by {
-                    break Err(s);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            other => break other,
-        }
-    };
-    while let Ok(msg) = rx.try_recv() {
-        tracker.handle(msg, &mut progress);
+        let request = control::SolveRequest {
+            r#ref: build_id.clone(),
+            exporter: exporter.into(),
+            exporter_attrs,
+            ..Default::default()
+        };
+        let mut solve_client = ctl.clone();
+        let export = tokio::spawn(async move { solve_client.solve(request).await });
+        let (tx, status) = mpsc::unbounded_channel();
+        let status_task = tokio::spawn(stream_status(ctl, build_id.clone(), tx));
+        let bridge = gateway::llb_bridge_client::LlbBridgeClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE);
+        Ok(Build {
+            id: build_id.parse()?,
+            bridge,
+            export,
+            status,
+            status_task,
+            tracker: Tracker::default(),
+        })
     }
-    let result = match solved {
-        Ok(r) => r.into_inner().result,
-        Err(status) => {
-            // Tell BuildKit the build is over, then report the failure with its log.
-            let mut ret = tonic::Request::new(gateway::ReturnRequest {
-                result: None,
-                error: Some(gateway::Status {
-                    code: 2,
-                    message: status.message().to_string(),
-                }),
+
+    /// A gateway request tagged with this build.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let key = "buildkit-controlapi-buildid";
+        request.metadata_mut().insert(key, self.id.clone());
+        request
+    }
+
+    /// Reports the status messages already here.
+    fn drain(&mut self, progress: &mut impl FnMut(Progress)) {
+        while let Ok(msg) = self.status.try_recv() {
+            self.tracker.handle(msg, progress);
+        }
+    }
+
+    /// Solves the definition through the bridge, reporting progress meanwhile. The outer error
+    /// is a build BuildKit refused outright; the inner one a solve that failed.
+    async fn solve(
+        &mut self,
+        definition: pb::Definition,
+        progress: &mut impl FnMut(Progress),
+    ) -> anyhow::Result<Result<gateway::Result, tonic::Status>> {
+        // Control.Solve registers the build asynchronously; a gateway call that arrives first
+        // (more likely through a relay or on a loaded machine) gets "no such job": ask again.
+        let registered_by = Instant::now() + REGISTRATION_WAIT;
+        let answer = loop {
+            let request = self.request(gateway::SolveRequest {
+                definition: Some(definition.clone()),
+                allow_result_return: true,
+                allow_result_array_ref: true,
+                ..Default::default()
             });
-            ret.metadata_mut()
-                .insert("buildkit-controlapi-buildid", id.clone());
-            let _ = bridge.r#return(ret).await;
-            let _ = solve.await;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            while let Ok(msg) = rx.try_recv() {
-                tracker.handle(msg, &mut progress);
+            let mut bridge = self.bridge.clone();
+            let call = bridge.solve(request);
+            tokio::pin!(call);
+            let answer = loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    Some(msg) = self.status.recv() => self.tracker.handle(msg, progress),
+                }
+            };
+            match answer {
+                Err(s) if s.message().contains("no such job") => {
+                    if self.export.is_finished() {
+                        return Err(self.refused().await);
+                    }
+                    if Instant::now() >= registered_by {
+                        break Err(s);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other,
             }
-            status_task.abort();
-            let log = tracker.failed_log();
-            return Err(BuildFailure {
-                error: status.message().to_string(),
-                log,
-            }
-            .into());
-        }
-    };
-    let mut result = result.context("BuildKit returned no result")?;
-    result
-        .metadata
-        .insert("containerimage.config".into(), config);
-    let mut ret = tonic::Request::new(gateway::ReturnRequest {
-        result: Some(result),
-        error: None,
-    });
-    ret.metadata_mut().insert("buildkit-controlapi-buildid", id);
-    bridge
-        .r#return(ret)
-        .await
-        .context("BuildKit refused the result")?;
-    // The gateway solve is lazy: the steps run now, while exporting, so keep reporting.
-    tokio::pin!(solve);
-    let solved = loop {
-        tokio::select! {
-            r = &mut solve => break r,
-            Some(msg) = rx.recv() => tracker.handle(msg, &mut progress),
-        }
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    while let Ok(msg) = rx.try_recv() {
-        tracker.handle(msg, &mut progress);
+        };
+        self.drain(progress);
+        Ok(match answer {
+            Ok(r) => Ok(r
+                .into_inner()
+                .result
+                .context("BuildKit returned no result")?),
+            Err(status) => Err(status),
+        })
     }
-    status_task.abort();
-    match solved.context("the solve task failed")? {
-        Ok(response) => Ok(response
-            .into_inner()
-            .exporter_response
-            .get("containerimage.digest")
-            .cloned()
-            .unwrap_or_default()),
-        Err(status) => Err(BuildFailure {
-            error: status.message().to_string(),
-            log: tracker.failed_log(),
+
+    /// A build that never registered failed at once: why (e.g. an unknown exporter), rather
+    /// than "no such job".
+    async fn refused(&mut self) -> anyhow::Error {
+        self.status_task.abort();
+        match (&mut self.export).await {
+            Ok(Err(status)) => Refusal::from_message(status.message()).into(),
+            Ok(Ok(_)) => anyhow::anyhow!("BuildKit ended the build before it started"),
+            Err(e) => anyhow::anyhow!("the build task failed: {e}"),
         }
-        .into()),
+    }
+
+    /// Tells BuildKit the build is over, and reports the failure with the failing step's log.
+    async fn fail(
+        mut self,
+        status: tonic::Status,
+        progress: &mut impl FnMut(Progress),
+    ) -> anyhow::Error {
+        let message = status.message().to_string();
+        let error = Some(gateway::Status {
+            code: 2,
+            message: message.clone(),
+        });
+        let request = self.request(gateway::ReturnRequest {
+            result: None,
+            error,
+        });
+        let _ = self.bridge.r#return(request).await;
+        let _ = (&mut self.export).await;
+        tokio::time::sleep(STATUS_SETTLE).await;
+        self.drain(progress);
+        self.status_task.abort();
+        let log = self.tracker.failed_log();
+        BuildFailure {
+            error: message,
+            log,
+        }
+        .into()
+    }
+
+    /// Hands the solved result back with the image config, for the exporter.
+    async fn return_result(
+        &mut self,
+        mut result: gateway::Result,
+        config: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        result
+            .metadata
+            .insert("containerimage.config".into(), config);
+        let request = self.request(gateway::ReturnRequest {
+            result: Some(result),
+            error: None,
+        });
+        self.bridge
+            .r#return(request)
+            .await
+            .context("BuildKit refused the result")?;
+        Ok(())
+    }
+
+    /// Waits for the export, reporting progress: the gateway solve is lazy, so the steps run
+    /// now. Returns the image digest.
+    async fn finish(mut self, progress: &mut impl FnMut(Progress)) -> anyhow::Result<String> {
+        let exported = loop {
+            tokio::select! {
+                r = &mut self.export => break r,
+                Some(msg) = self.status.recv() => self.tracker.handle(msg, progress),
+            }
+        };
+        tokio::time::sleep(STATUS_SETTLE).await;
+        self.drain(progress);
+        self.status_task.abort();
+        match exported.context("the solve task failed")? {
+            Ok(response) => Ok(response
+                .into_inner()
+                .exporter_response
+                .get("containerimage.digest")
+                .cloned()
+                .unwrap_or_default()),
+            Err(status) => Err(BuildFailure {
+                error: status.message().to_string(),
+                log: self.tracker.failed_log(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// Forwards `Control.Status` to the build. It runs in its own task: grpc-go sends the response
+/// headers with the first message, which only comes once `LLBBridge.Solve` has started vertices.
+async fn stream_status(
+    mut ctl: control::control_client::ControlClient<Channel>,
+    build_id: String,
+    tx: mpsc::UnboundedSender<control::StatusResponse>,
+) {
+    let request = control::StatusRequest { r#ref: build_id };
+    let Ok(resp) = ctl.status(request).await else {
+        return;
+    };
+    let mut status = resp.into_inner();
+    while let Ok(Some(msg)) = status.message().await {
+        if tx.send(msg).is_err() {
+            break;
+        }
     }
 }
 

@@ -211,177 +211,204 @@ pub fn conda_steps(g: &Graph, python_version: &str, owner: (u32, u32)) -> Vec<St
 
 /// Every toolchain but Python and conda, then their packages, in a stable order.
 pub fn other_steps(g: &Graph, home: &str) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for l in &g.languages {
-        match l {
-            Language::Rust { version } => {
-                let v = version.as_deref().unwrap_or("stable");
-                steps.push(step(
-                    format!("install Rust {v} (rustup)"),
-                    format!(
-                        "export RUSTUP_HOME={RUST_HOME} CARGO_HOME={RUST_HOME}/cargo\n\
-                         curl -fsSL https://sh.rustup.rs | sh -s -- -y --no-modify-path --profile minimal --default-toolchain {}\n\
-                         chmod -R a+rwX {RUST_HOME}",
-                        super::quote(v)
-                    ),
-                ));
-            }
-            Language::Go { version } => {
-                let v = version.as_deref().unwrap_or(DEFAULT_GO);
-                steps.push(step(
-                    format!("install Go {v}"),
-                    format!(
-                        "curl -fsSL https://go.dev/dl/go{v}.linux-amd64.tar.gz | tar -C /usr/local -xz\n\
-                         /usr/local/go/bin/go version"
-                    ),
-                ));
-            }
-            Language::NodeJs { version: Some(v) } => {
-                let v = v.trim_start_matches('v');
-                steps.push(step(
-                    format!("install Node.js {v}"),
-                    format!(
-                        "mkdir -p {NODE_HOME}\n\
-                         curl -fsSL https://nodejs.org/dist/v{v}/node-v{v}-linux-x64.tar.xz | tar -C {NODE_HOME} --strip-components=1 -xJ\n\
-                         {NODE_HOME}/bin/node --version"
-                    ),
-                ));
-            }
-            Language::Julia => {
-                let minor = JULIA_VERSION
-                    .rsplit_once('.')
-                    .map(|(minor, _)| minor)
-                    .unwrap_or("1.10");
-                steps.push(step(
-                    format!("install Julia {JULIA_VERSION}"),
-                    format!(
-                        "mkdir -p {JULIA_HOME}\n\
-                         curl -fsSL https://julialang-s3.julialang.org/bin/linux/x64/{minor}/julia-{JULIA_VERSION}-linux-x86_64.tar.gz | tar -C {JULIA_HOME} --strip-components=1 -xz\n\
-                         {JULIA_HOME}/bin/julia --version"
-                    ),
-                ));
-            }
-            Language::Pixi {
-                use_pixi_mirror,
-                pypi_index,
-            } => {
-                let mut s = format!(
-                    "curl -fsSL https://pixi.sh/install.sh | PIXI_HOME={PIXI_HOME} PIXI_NO_PATH_UPDATE=1 bash\n"
-                );
-                if *use_pixi_mirror {
-                    s.push_str(&format!(
-                        "mkdir -p {home}/.pixi && printf '[mirrors]\\n\"https://conda.anaconda.org/conda-forge\" = [\"https://prefix.dev/conda-forge\"]\\n' > {home}/.pixi/config.toml\n"
-                    ));
-                }
-                if let Some(ix) = pypi_index {
-                    s.push_str(&format!(
-                        "mkdir -p {home}/.pixi && printf '[pypi-config]\\nindex-url = \"%s\"\\n' {} >> {home}/.pixi/config.toml\n",
-                        super::quote(ix)
-                    ));
-                }
-                steps.push(step("install pixi", s));
-            }
-            _ => {}
-        }
-    }
-    if !g.r_packages.is_empty() {
-        let mirror = g
-            .config
-            .cran_mirror
-            .clone()
-            .unwrap_or_else(|| "https://cloud.r-project.org".into());
-        let list = g
-            .r_packages
-            .iter()
-            .map(|p| format!("{p:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        steps.push(step(
-            format!("install R packages {}", g.r_packages.join(" ")),
-            format!(
-                "Rscript -e 'install.packages(c({list}), repos={mirror:?}, Ncpus=2); for (p in c({list})) if (!requireNamespace(p, quietly=TRUE)) quit(status=1)'"
-            ),
-        ));
-    }
-    if !g.julia_packages.is_empty() {
-        let list = g
-            .julia_packages
-            .iter()
-            .map(|p| format!("{p:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let server = g
-            .config
-            .julia_pkg_server
-            .as_ref()
-            .map(|s| format!("export JULIA_PKG_SERVER={}\n", super::quote(s)))
-            .unwrap_or_default();
-        let mut s = step(
-            format!("install Julia packages {}", g.julia_packages.join(" ")),
-            format!(
-                "{server}export JULIA_DEPOT_PATH={home}/.julia\n{JULIA_HOME}/bin/julia -e 'using Pkg; Pkg.add([{list}])'"
-            ),
-        );
-        s.as_user = true;
-        steps.push(s);
-    }
-    if let Some(v) = &g.codex {
-        let npm = if g
-            .languages
-            .iter()
-            .any(|l| matches!(l, Language::NodeJs { version: Some(_) }))
-        {
-            format!("{NODE_HOME}/bin/npm")
-        } else {
-            "npm".into()
-        };
-        let spec = if v.is_empty() || v == "latest" {
-            "@openai/codex".to_string()
-        } else {
-            format!("@openai/codex@{v}")
-        };
-        steps.push(step(
-            format!("npm install -g {spec}"),
-            format!("{npm} install -g {}", super::quote(&spec)),
-        ));
-    }
-    if !g.vscode_extensions.is_empty() {
-        // Unpacked into the directory both the VS Code server and desktop Remote-SSH read, as
-        // `publisher.name-version` from the extension's own package.json.
-        let mut script = format!(
-            "mkdir -p {home}/.vscode-server/extensions\n\
-             unpack() {{ rm -rf /tmp/ext && unzip -q \"$1\" 'extension/*' -d /tmp/ext\n\
-             id=$(jq -r '.publisher + \".\" + .name + \"-\" + .version' /tmp/ext/extension/package.json)\n\
-             rm -rf \"{home}/.vscode-server/extensions/$id\" && mv /tmp/ext/extension \"{home}/.vscode-server/extensions/$id\" && rm -rf /tmp/ext; }}\n"
-        );
-        for ext in &g.vscode_extensions {
-            if ext.ends_with(".vsix") {
-                let path = crate::context::BuildContext::path_in_image(ext);
-                script.push_str(&format!("unpack {}\n", super::quote(&path)));
-                continue;
-            }
-            let Some((publisher, name)) = ext.split_once('.') else {
-                continue;
-            };
-            script.push_str(&format!(
-                "meta=$(curl -fsSL https://open-vsx.org/api/{publisher}/{name}/latest) && \
-                 url=$(printf '%s' \"$meta\" | jq -r .files.download) && \
-                 curl -fsSL -o /tmp/ext.vsix \"$url\" || {{ echo 'envd: cannot download the VS Code extension {ext} from open-vsx.org (a local .vsix in the build context installs offline)' >&2; exit 1; }}\n\
-                 unpack /tmp/ext.vsix && rm -f /tmp/ext.vsix\n"
-            ));
-        }
-        let mut s = step(
-            format!(
-                "install VS Code extensions {}",
-                g.vscode_extensions.join(" ")
-            ),
-            script,
-        );
-        s.as_user = true;
-        s.reads_context = g.vscode_extensions.iter().any(|e| e.ends_with(".vsix"));
-        steps.push(s);
-    }
+    let mut steps: Vec<Step> = g
+        .languages
+        .iter()
+        .filter_map(|l| language_step(l, home))
+        .collect();
+    steps.extend(r_packages(g));
+    steps.extend(julia_packages(g, home));
+    steps.extend(codex(g));
+    steps.extend(vscode_extensions(g, home));
     steps
+}
+
+/// The install step of one language (Python and conda have their own stages).
+fn language_step(language: &Language, home: &str) -> Option<Step> {
+    Some(match language {
+        Language::Rust { version } => {
+            let v = version.as_deref().unwrap_or("stable");
+            step(
+                format!("install Rust {v} (rustup)"),
+                format!(
+                    "export RUSTUP_HOME={RUST_HOME} CARGO_HOME={RUST_HOME}/cargo\n\
+                     curl -fsSL https://sh.rustup.rs | sh -s -- -y --no-modify-path --profile minimal --default-toolchain {}\n\
+                     chmod -R a+rwX {RUST_HOME}",
+                    super::quote(v)
+                ),
+            )
+        }
+        Language::Go { version } => {
+            let v = version.as_deref().unwrap_or(DEFAULT_GO);
+            step(
+                format!("install Go {v}"),
+                format!(
+                    "curl -fsSL https://go.dev/dl/go{v}.linux-amd64.tar.gz | tar -C /usr/local -xz\n\
+                     /usr/local/go/bin/go version"
+                ),
+            )
+        }
+        Language::NodeJs { version: Some(v) } => {
+            let v = v.trim_start_matches('v');
+            step(
+                format!("install Node.js {v}"),
+                format!(
+                    "mkdir -p {NODE_HOME}\n\
+                     curl -fsSL https://nodejs.org/dist/v{v}/node-v{v}-linux-x64.tar.xz | tar -C {NODE_HOME} --strip-components=1 -xJ\n\
+                     {NODE_HOME}/bin/node --version"
+                ),
+            )
+        }
+        Language::Julia => {
+            let minor = JULIA_VERSION
+                .rsplit_once('.')
+                .map(|(minor, _)| minor)
+                .unwrap_or("1.10");
+            step(
+                format!("install Julia {JULIA_VERSION}"),
+                format!(
+                    "mkdir -p {JULIA_HOME}\n\
+                     curl -fsSL https://julialang-s3.julialang.org/bin/linux/x64/{minor}/julia-{JULIA_VERSION}-linux-x86_64.tar.gz | tar -C {JULIA_HOME} --strip-components=1 -xz\n\
+                     {JULIA_HOME}/bin/julia --version"
+                ),
+            )
+        }
+        Language::Pixi {
+            use_pixi_mirror,
+            pypi_index,
+        } => pixi(*use_pixi_mirror, pypi_index.as_deref(), home),
+        _ => return None,
+    })
+}
+
+/// pixi, with the prefix.dev mirror and a PyPI index when asked.
+fn pixi(use_pixi_mirror: bool, pypi_index: Option<&str>, home: &str) -> Step {
+    let mut s = format!(
+        "curl -fsSL https://pixi.sh/install.sh | PIXI_HOME={PIXI_HOME} PIXI_NO_PATH_UPDATE=1 bash\n"
+    );
+    if use_pixi_mirror {
+        s.push_str(&format!(
+            "mkdir -p {home}/.pixi && printf '[mirrors]\\n\"https://conda.anaconda.org/conda-forge\" = [\"https://prefix.dev/conda-forge\"]\\n' > {home}/.pixi/config.toml\n"
+        ));
+    }
+    if let Some(ix) = pypi_index {
+        s.push_str(&format!(
+            "mkdir -p {home}/.pixi && printf '[pypi-config]\\nindex-url = \"%s\"\\n' {} >> {home}/.pixi/config.toml\n",
+            super::quote(ix)
+        ));
+    }
+    step("install pixi", s)
+}
+
+/// Names as an R or Julia vector's elements: `"a", "b"`.
+fn quoted_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|p| format!("{p:?}")).collect();
+    quoted.join(", ")
+}
+
+/// `install.r_packages` from the CRAN mirror, failing when one does not load.
+fn r_packages(g: &Graph) -> Option<Step> {
+    if g.r_packages.is_empty() {
+        return None;
+    }
+    let mirror = g
+        .config
+        .cran_mirror
+        .clone()
+        .unwrap_or_else(|| "https://cloud.r-project.org".into());
+    let list = quoted_list(&g.r_packages);
+    Some(step(
+        format!("install R packages {}", g.r_packages.join(" ")),
+        format!(
+            "Rscript -e 'install.packages(c({list}), repos={mirror:?}, Ncpus=2); for (p in c({list})) if (!requireNamespace(p, quietly=TRUE)) quit(status=1)'"
+        ),
+    ))
+}
+
+/// `install.julia_packages` into the user's depot.
+fn julia_packages(g: &Graph, home: &str) -> Option<Step> {
+    if g.julia_packages.is_empty() {
+        return None;
+    }
+    let list = quoted_list(&g.julia_packages);
+    let server = g
+        .config
+        .julia_pkg_server
+        .as_ref()
+        .map(|s| format!("export JULIA_PKG_SERVER={}\n", super::quote(s)))
+        .unwrap_or_default();
+    let mut s = step(
+        format!("install Julia packages {}", g.julia_packages.join(" ")),
+        format!(
+            "{server}export JULIA_DEPOT_PATH={home}/.julia\n{JULIA_HOME}/bin/julia -e 'using Pkg; Pkg.add([{list}])'"
+        ),
+    );
+    s.as_user = true;
+    Some(s)
+}
+
+/// `install.codex`: OpenAI's Codex CLI with npm (the installed Node.js's when a version was asked).
+fn codex(g: &Graph) -> Option<Step> {
+    let v = g.codex.as_ref()?;
+    let own_node = g
+        .languages
+        .iter()
+        .any(|l| matches!(l, Language::NodeJs { version: Some(_) }));
+    let npm = if own_node {
+        format!("{NODE_HOME}/bin/npm")
+    } else {
+        "npm".into()
+    };
+    let spec = if v.is_empty() || v == "latest" {
+        "@openai/codex".to_string()
+    } else {
+        format!("@openai/codex@{v}")
+    };
+    Some(step(
+        format!("npm install -g {spec}"),
+        format!("{npm} install -g {}", super::quote(&spec)),
+    ))
+}
+
+/// `install.vscode_extensions`: local `.vsix` files from the build context, others from
+/// open-vsx.org, unpacked into the directory both the VS Code server and desktop Remote-SSH read,
+/// as `publisher.name-version` from the extension's own package.json.
+fn vscode_extensions(g: &Graph, home: &str) -> Option<Step> {
+    if g.vscode_extensions.is_empty() {
+        return None;
+    }
+    let mut script = format!(
+        "mkdir -p {home}/.vscode-server/extensions\n\
+         unpack() {{ rm -rf /tmp/ext && unzip -q \"$1\" 'extension/*' -d /tmp/ext\n\
+         id=$(jq -r '.publisher + \".\" + .name + \"-\" + .version' /tmp/ext/extension/package.json)\n\
+         rm -rf \"{home}/.vscode-server/extensions/$id\" && mv /tmp/ext/extension \"{home}/.vscode-server/extensions/$id\" && rm -rf /tmp/ext; }}\n"
+    );
+    for ext in &g.vscode_extensions {
+        if ext.ends_with(".vsix") {
+            let path = crate::context::BuildContext::path_in_image(ext);
+            script.push_str(&format!("unpack {}\n", super::quote(&path)));
+            continue;
+        }
+        let Some((publisher, name)) = ext.split_once('.') else {
+            continue;
+        };
+        script.push_str(&format!(
+            "meta=$(curl -fsSL https://open-vsx.org/api/{publisher}/{name}/latest) && \
+             url=$(printf '%s' \"$meta\" | jq -r .files.download) && \
+             curl -fsSL -o /tmp/ext.vsix \"$url\" || {{ echo 'envd: cannot download the VS Code extension {ext} from open-vsx.org (a local .vsix in the build context installs offline)' >&2; exit 1; }}\n\
+             unpack /tmp/ext.vsix && rm -f /tmp/ext.vsix\n"
+        ));
+    }
+    let mut s = step(
+        format!(
+            "install VS Code extensions {}",
+            g.vscode_extensions.join(" ")
+        ),
+        script,
+    );
+    s.as_user = true;
+    s.reads_context = g.vscode_extensions.iter().any(|e| e.ends_with(".vsix"));
+    Some(s)
 }
 
 /// The CUDA base image for `install.cuda(version, cudnn)`, as envd picks it.
