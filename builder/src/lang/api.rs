@@ -102,8 +102,14 @@ pub fn universe(builder: &mut GlobalsBuilder) {
 }
 
 /// `install.*`.
-#[starlark_module]
 pub fn install(builder: &mut GlobalsBuilder) {
+    install_languages(builder);
+    install_packages(builder);
+}
+
+/// `install.*` languages and toolchains.
+#[starlark_module]
+fn install_languages(builder: &mut GlobalsBuilder) {
     fn python(
         #[starlark(default = "3.11")] version: &str,
         eval: &mut Evaluator,
@@ -177,7 +183,11 @@ pub fn install(builder: &mut GlobalsBuilder) {
         });
         Ok(NoneType)
     }
+}
 
+/// `install.*` packages, extensions and tools.
+#[starlark_module]
+fn install_packages(builder: &mut GlobalsBuilder) {
     fn apt_packages(
         name: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -294,8 +304,14 @@ pub fn install(builder: &mut GlobalsBuilder) {
 }
 
 /// `config.*`.
-#[starlark_module]
 pub fn config(builder: &mut GlobalsBuilder) {
+    config_sources(builder);
+    config_services(builder);
+}
+
+/// `config.*`: where packages come from.
+#[starlark_module]
+fn config_sources(builder: &mut GlobalsBuilder) {
     fn apt_source(source: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.apt_source = some_nonempty(source);
         Ok(NoneType)
@@ -324,7 +340,11 @@ pub fn config(builder: &mut GlobalsBuilder) {
         recorder(eval)?.graph.borrow_mut().config.julia_pkg_server = some_nonempty(url);
         Ok(NoneType)
     }
+}
 
+/// `config.*`: services, resources and the image.
+#[starlark_module]
+fn config_services(builder: &mut GlobalsBuilder) {
     fn jupyter(
         #[starlark(default = "")] token: &str,
         port: Option<i32>,
@@ -446,8 +466,14 @@ pub fn io(builder: &mut GlobalsBuilder) {
 }
 
 /// `runtime.*`.
-#[starlark_module]
 pub fn runtime(builder: &mut GlobalsBuilder) {
+    runtime_services(builder);
+    runtime_environment(builder);
+}
+
+/// `runtime.*`: commands, daemons and ports.
+#[starlark_module]
+fn runtime_services(builder: &mut GlobalsBuilder) {
     fn command(
         commands: Option<UnpackDictEntries<String, String>>,
         eval: &mut Evaluator,
@@ -514,7 +540,11 @@ pub fn runtime(builder: &mut GlobalsBuilder) {
             });
         Ok(NoneType)
     }
+}
 
+/// `runtime.*`: variables and mounts.
+#[starlark_module]
+fn runtime_environment(builder: &mut GlobalsBuilder) {
     fn environ(
         env: Option<UnpackDictEntries<String, String>>,
         extra_path: Option<UnpackListOrTuple<String>>,
