@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::buildkit::connect::{self, Builder};
 use crate::buildkit::solve::{self, Progress};
-use crate::compile::{self, Context};
+use crate::compile::{self, Inputs};
 use crate::contract::LABEL_DIGEST;
 use crate::graph::Graph;
 use crate::lang::{self, Entry};
@@ -144,7 +144,7 @@ pub struct Plan {
     /// The runtime binaries (dev images only).
     pub runtime: Option<RuntimeImage>,
     /// The build-context files the program reads.
-    pub context: crate::context::BuildContext,
+    pub context: crate::build_context::BuildContext,
     /// The LLB and image config.
     pub compiled: compile::Compiled,
 }
@@ -155,11 +155,11 @@ pub fn plan(path: &Path, from: &Entry, name: Option<&str>) -> anyhow::Result<Pla
     let name = name.map_or_else(|| env_name(path), str::to_string);
     let runtime = graph.dev.then(RuntimeImage::locate).transpose()?;
     let runtime_tag = runtime.as_ref().map_or("", |r| r.tag.as_str());
-    let context = crate::context::collect(path, &graph)?;
+    let context = crate::build_context::collect(path, &graph)?;
     let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
     let compiled = compile::compile(
         &graph,
-        &Context {
+        &Inputs {
             env_name: name.clone(),
             runtime_image: runtime.as_ref().map(RuntimeImage::name),
             program_hash: hash.clone(),

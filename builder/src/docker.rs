@@ -96,16 +96,16 @@ pub async fn ensure_runtime_image(
     Ok(name)
 }
 
-/// Makes sure the local image carrying the build context's files exists (see [`crate::context`]).
+/// Makes sure the local image carrying the build context's files exists (see [`crate::build_context`]).
 pub async fn ensure_context_image(
     docker: &Docker,
-    ctx: &crate::context::BuildContext,
+    ctx: &crate::build_context::BuildContext,
 ) -> anyhow::Result<String> {
     let name = ctx.image();
     if image_labels(docker, &name).await?.is_some() {
         return Ok(name);
     }
-    let root = crate::context::ROOT.trim_start_matches('/');
+    let root = crate::build_context::ROOT.trim_start_matches('/');
     let mut tar = tar_builder();
     append_dir(&mut tar, root, 0o755)?;
     for e in &ctx.entries {

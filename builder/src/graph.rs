@@ -1,6 +1,6 @@
 //! The internal graph: everything a `build.envd` program asked for, in envd v1's terms, before
 //! any BuildKit op exists. The Starlark front end ([`crate::lang`]) fills it; the LLB compiler
-//! (to come) lowers it.
+//! ([`crate::compile`]) lowers it.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +44,7 @@ pub struct Graph {
     /// `config.*`.
     pub config: Config,
     /// `io.copy`.
-    pub copies: Vec<Copy>,
+    pub copies: Vec<FileCopy>,
     /// `io.http`.
     pub downloads: Vec<Download>,
     /// `run(...)`, in order.
@@ -188,7 +188,7 @@ pub struct VsCodeServer {
 
 /// `io.copy`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Copy {
+pub struct FileCopy {
     /// Source in the build context (or in `image`).
     pub source: String,
     /// Target in the image.

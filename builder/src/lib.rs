@@ -7,7 +7,8 @@
 //!   [`graph::Graph`];
 //! - [`compile`] and [`buildkit`]: the graph as LLB, solved on BuildKit (Docker's embedded one or
 //!   a standalone `buildkitd`); [`build`] is `envd build`, with its no-rebuild check;
-//! - [`contexts`]: `envd context`, the named builders;
+//! - [`build_context`]: the files of the project a program reads; [`builders`]: `envd context`,
+//!   the named builders;
 //! - [`env`]: running environments (`envd up`, `ls`, `describe`, `logs`, `exec`, `down`) through
 //!   the [`env::runner::Runner`] seam (Docker today), their health through envd-init's API, and
 //!   `ssh NAME.envd`;
@@ -18,10 +19,10 @@
 //! `docs/ARCHITECTURE.md` draws the layout and the way data flows through it.
 
 pub mod build;
+pub mod build_context;
+pub mod builders;
 pub mod buildkit;
 pub mod compile;
-pub mod context;
-pub mod contexts;
 pub mod contract;
 pub mod docker;
 pub mod env;

@@ -15,7 +15,6 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStre
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::logs::{self, Line};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::{Health, HealthServer};
 use crate::proto::health::{
@@ -26,6 +25,7 @@ use crate::proto::supervisor::{
     self as pb, ListServicesRequest, ListServicesResponse, LogLine, LogsRequest, ServiceRequest,
     ServiceState, ServiceStatus,
 };
+use crate::service_logs::{self, Line};
 use crate::supervisor::{ApiRequest, Event, Shared};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -150,8 +150,8 @@ impl Health for Api {
 fn to_log_line(l: Line) -> LogLine {
     LogLine {
         stream: match l.stream {
-            logs::Stream::Stdout => pb::log_line::Stream::Stdout as i32,
-            logs::Stream::Stderr => pb::log_line::Stream::Stderr as i32,
+            service_logs::Stream::Stdout => pb::log_line::Stream::Stdout as i32,
+            service_logs::Stream::Stderr => pb::log_line::Stream::Stderr as i32,
         },
         line: l.text,
         at: l.at,

@@ -15,7 +15,7 @@
 //!   blocks PID 1 (overflow is dropped and counted);
 //! - [`guard`]: a panic in one subsystem is logged and contained; the reaper, signal handling
 //!   and the API are started again;
-//! - [`logs`]: per-service log files with bounded rotation and an in-memory tail;
+//! - [`service_logs`]: per-service log files with bounded rotation and an in-memory tail;
 //! - [`api`] and [`client`]: the gRPC API (`grpc.health.v1.Health` and
 //!   `envd.supervisor.v1.Supervisor`) on a unix socket and, with a bearer token, on TCP. The host
 //!   side (`envd`) uses [`client`] too.
@@ -24,13 +24,14 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod diagnostics;
 pub mod guard;
 pub mod health;
 pub mod identity;
-pub mod log;
-pub mod logs;
 pub mod reaper;
+pub mod service_logs;
 pub mod spawn;
+pub mod suggest;
 pub mod supervisor;
 
 /// Generated gRPC types and stubs.

@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     envd_supervisor::spawn::close_inherited_on_exec();
     guard::install_panic_hook();
     let cli = Cli::parse();
-    envd_supervisor::log::init_from_env();
+    envd_supervisor::diagnostics::init_from_env();
     // Before the runtime's threads and before the service files are read (they expand ${USER}).
     if let Some(user) = &cli.user {
         let request = identity::Request {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use envd_builder::contexts::{Context, Contexts};
+use envd_builder::builders::{BuilderContext, Contexts};
 
 /// `envd context`'s subcommands.
 #[derive(Subcommand)]
@@ -49,7 +49,7 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             builder_address,
             use_it,
         } => {
-            let context = Context {
+            let context = BuilderContext {
                 name: name.clone(),
                 builder,
                 builder_address: builder_address.unwrap_or_default(),

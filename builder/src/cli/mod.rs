@@ -85,7 +85,7 @@ impl BuilderArgs {
     pub fn resolve(&self) -> anyhow::Result<Builder> {
         match &self.builder {
             Some(b) => Builder::parse(b, self.builder_address.as_deref()),
-            None => envd_builder::contexts::Contexts::load()?
+            None => envd_builder::builders::Contexts::load()?
                 .current()
                 .to_builder(),
         }

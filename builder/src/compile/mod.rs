@@ -25,7 +25,7 @@ use crate::graph::{Graph, Language};
 pub const VENV: &str = "/opt/envd/venv";
 /// What the compile needs besides the graph.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct Inputs {
     /// The environment's name (prompt, labels).
     pub env_name: String,
     /// A local image holding `/envd-init` and `/envd-sshd` (dev images only).
@@ -35,7 +35,7 @@ pub struct Context {
     /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
     /// (as in CI here) trust its CA, the base image does not.
     pub host_ca: Option<Vec<u8>>,
-    /// The local image carrying the build context's files ([`crate::context`]), when the
+    /// The local image carrying the build context's files ([`crate::build_context`]), when the
     /// program reads any.
     pub context_image: Option<String>,
     /// The project directory's name: `run(mount_host=True)` sees the context at
@@ -219,7 +219,7 @@ fn downloads_dir(g: &Graph) -> String {
 
 /// Compiles the graph. The order of the stages is BuildKit's cache order on a linear chain:
 /// what changes least comes first, so a change re-runs only the stages after it.
-pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
+pub fn compile(g: &Graph, ctx: &Inputs) -> anyhow::Result<Compiled> {
     check_supported(g)?;
     let mut chain = stages::Chain::new(g, ctx)?;
     chain.system_packages();
@@ -236,7 +236,7 @@ pub fn compile(g: &Graph, ctx: &Context) -> anyhow::Result<Compiled> {
 }
 
 /// The OCI image config: environment, entrypoint, user, labels and exposed ports.
-fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<u8>> {
+fn image_config(g: &Graph, ctx: &Inputs, path_env: &str) -> anyhow::Result<Vec<u8>> {
     let mut env = vec![path_env.to_string()];
     for (k, v) in toolchains::environment(g, HOME) {
         env.push(format!("{k}={v}"));
@@ -310,7 +310,7 @@ fn image_config(g: &Graph, ctx: &Context, path_env: &str) -> anyhow::Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context;
+    use crate::build_context;
 
     /// Tests that set ENVD_WORKDIR (read by envd-init's expansion) take turns.
     static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -322,8 +322,8 @@ mod tests {
         evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("c")).unwrap()
     }
 
-    fn ctx() -> Context {
-        Context {
+    fn ctx() -> Inputs {
+        Inputs {
             env_name: "demo".into(),
             runtime_image: Some("envd-rs/runtime:test".into()),
             program_hash: "abc".into(),
@@ -446,14 +446,14 @@ mod tests {
         let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    config.vscode_server()\n    install.vscode_extensions([\"ms-python.python\", \"tools/hello.vsix\"])\n");
         let text = crate::buildkit::llb::describe(&compile(&g, &ctx()).unwrap().definition);
         assert!(
-            text.contains(&format!("unpack {}/tools/hello.vsix", context::ROOT)),
+            text.contains(&format!("unpack {}/tools/hello.vsix", build_context::ROOT)),
             "{text}"
         );
         assert!(
             text.contains("open-vsx.org/api/ms-python/python/latest"),
             "{text}"
         );
-        assert!(context::referenced_paths(&g).contains(&"tools/hello.vsix".to_string()));
+        assert!(build_context::referenced_paths(&g).contains(&"tools/hello.vsix".to_string()));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("build.envd"),

@@ -6,10 +6,10 @@ use anyhow::bail;
 
 use super::{
     base_image, downloads_dir, python_prefix, python_version, quote, service_files, sh, toolchains,
-    vscode, Compiled, Context, DEV_APT_PACKAGES, VENV,
+    vscode, Compiled, Inputs, DEV_APT_PACKAGES, VENV,
 };
+use crate::build_context;
 use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
-use crate::context;
 use crate::contract::{CACHE_DIR, HOME, HOST_CA, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS};
 use crate::graph::{Graph, Language};
 
@@ -48,12 +48,15 @@ pub(super) struct Chain<'g> {
 
 impl<'g> Chain<'g> {
     /// Starts from the base image.
-    pub fn new(g: &'g Graph, ctx: &Context) -> anyhow::Result<Self> {
+    pub fn new(g: &'g Graph, ctx: &Inputs) -> anyhow::Result<Self> {
         let mut llb = Llb::default();
         let state = llb.image(&base_image(g));
         let python = python_prefix(g);
         let conda = toolchains::has_conda(g);
-        let context_image = match (&ctx.context_image, context::referenced_paths(g).is_empty()) {
+        let context_image = match (
+            &ctx.context_image,
+            build_context::referenced_paths(g).is_empty(),
+        ) {
             (_, true) => None,
             (Some(image), false) => Some(llb.image(image)),
             (None, false) => {
@@ -66,7 +69,7 @@ impl<'g> Chain<'g> {
             path.push(format!("{prefix}/bin"));
         }
         path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        // Build steps trust what the host trusts (see `Context::host_ca`): pip through pip.conf,
+        // Build steps trust what the host trusts (see `Inputs::host_ca`): pip through pip.conf,
         // uv, curl, conda and npm through these variables.
         let ca_variables = [
             "SSL_CERT_FILE",
@@ -111,8 +114,8 @@ impl<'g> Chain<'g> {
         };
         vec![Bind {
             from: cs.clone(),
-            selector: context::ROOT.into(),
-            dest: context::ROOT.into(),
+            selector: build_context::ROOT.into(),
+            dest: build_context::ROOT.into(),
         }]
     }
 
@@ -293,7 +296,10 @@ impl<'g> Chain<'g> {
         for c in &g.copies {
             let (from, src) = match (&c.image, &self.context_image) {
                 (Some(image), _) => (self.llb.image(image), c.source.clone()),
-                (None, Some(cs)) => (cs.clone(), context::BuildContext::path_in_image(&c.source)),
+                (None, Some(cs)) => (
+                    cs.clone(),
+                    build_context::BuildContext::path_in_image(&c.source),
+                ),
                 (None, None) => bail!("io.copy({:?}) needs the build context", c.source),
             };
             let target = if c.target.starts_with('/') {
@@ -312,7 +318,7 @@ impl<'g> Chain<'g> {
 
     /// What makes a dev image an environment: envd-init and envd-sshd, the service files, the
     /// shell's rc files and the git config.
-    pub fn dev_runtime(&mut self, ctx: &Context) -> anyhow::Result<()> {
+    pub fn dev_runtime(&mut self, ctx: &Inputs) -> anyhow::Result<()> {
         if !self.g.dev {
             return Ok(());
         }
@@ -352,7 +358,7 @@ impl<'g> Chain<'g> {
             let binds: Vec<Bind> = match (&self.context_image, step.mount_host) {
                 (Some(cs), true) => vec![Bind {
                     from: cs.clone(),
-                    selector: context::ROOT.into(),
+                    selector: build_context::ROOT.into(),
                     dest: workdir.clone(),
                 }],
                 _ => vec![],
@@ -371,7 +377,7 @@ impl<'g> Chain<'g> {
     }
 
     /// The definition and the image config.
-    pub fn finish(self, ctx: &Context) -> anyhow::Result<Compiled> {
+    pub fn finish(self, ctx: &Inputs) -> anyhow::Result<Compiled> {
         let config = super::image_config(self.g, ctx, &self.path_env)?;
         Ok(Compiled {
             definition: self.llb.definition(&self.state),
@@ -417,7 +423,7 @@ fn python_script(g: &Graph, prefix: &str, uv: bool, conda: bool, packages: &[Str
     } else {
         format!("{prefix}/bin/pip install --cache-dir {PIP_CACHE}")
     };
-    let in_image = |p: &String| quote(&context::BuildContext::path_in_image(p));
+    let in_image = |p: &String| quote(&build_context::BuildContext::path_in_image(p));
     let mut installs = Vec::new();
     if !packages.is_empty() {
         let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
@@ -453,7 +459,7 @@ fn python_script(g: &Graph, prefix: &str, uv: bool, conda: bool, packages: &[Str
 }
 
 /// The shell's rc files in the user's home, with the environment's PATH, variables and Python.
-fn shell_files(g: &Graph, ctx: &Context, conda: bool) -> Vec<(String, String)> {
+fn shell_files(g: &Graph, ctx: &Inputs, conda: bool) -> Vec<(String, String)> {
     let mut extra_path = g.runtime.extra_path.clone();
     extra_path.extend(toolchains::paths(g, HOME));
     let mut env: Vec<(String, String)> = (g.runtime.environ.iter())

@@ -174,7 +174,7 @@ pub fn conda_steps(g: &Graph, python_version: &str, owner: (u32, u32)) -> Vec<St
         let script = match &p.env_file {
             Some(file) => format!(
                 "{CONDA_ROOT}/bin/{tool} env update -p {CONDA_ENV} -f {}",
-                super::quote(&crate::context::BuildContext::path_in_image(file))
+                super::quote(&crate::build_context::BuildContext::path_in_image(file))
             ),
             None => {
                 let channels: String = p
@@ -385,7 +385,7 @@ fn vscode_extensions(g: &Graph, home: &str) -> Option<Step> {
     );
     for ext in &g.vscode_extensions {
         if ext.ends_with(".vsix") {
-            let path = crate::context::BuildContext::path_in_image(ext);
+            let path = crate::build_context::BuildContext::path_in_image(ext);
             script.push_str(&format!("unpack {}\n", super::quote(&path)));
             continue;
         }

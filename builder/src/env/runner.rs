@@ -83,7 +83,7 @@ pub async fn find(runner: &impl Runner, name: &str) -> anyhow::Result<Environmen
     }
     let known: Vec<String> = runner.list().await?.into_iter().map(|e| e.name).collect();
     let names: Vec<&str> = known.iter().map(String::as_str).collect();
-    let hint = match envd_supervisor::config::closest(name, &names) {
+    let hint = match envd_supervisor::suggest::closest(name, &names) {
         Some(c) => format!(" Did you mean {c:?}?"),
         None if known.is_empty() => " There are no environments; start one with `envd up`.".into(),
         None => format!(" Environments: {}.", known.join(", ")),

@@ -13,7 +13,7 @@ use starlark::values::Value;
 
 use super::Recorder;
 use crate::graph::{
-    CondaPackages, Copy, Cuda, Download, Expose, GitConfig, Jupyter, Language, Mount, PipIndex,
+    CondaPackages, Cuda, Download, Expose, FileCopy, GitConfig, Jupyter, Language, Mount, PipIndex,
     RunStep, VsCodeServer,
 };
 
@@ -437,7 +437,7 @@ pub fn io(builder: &mut GlobalsBuilder) {
         image: Option<&str>,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
-        recorder(eval)?.graph.borrow_mut().copies.push(Copy {
+        recorder(eval)?.graph.borrow_mut().copies.push(FileCopy {
             source: source.to_string(),
             target: target.to_string(),
             image: some_nonempty(image),

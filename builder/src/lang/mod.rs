@@ -194,7 +194,7 @@ pub fn evaluate_with_cache(
             let mut names: Vec<String> = module.names().map(|n| n.as_str().to_string()).collect();
             names.sort();
             let known: Vec<&str> = names.iter().map(String::as_str).collect();
-            let hint = envd_supervisor::config::closest(&entry.function, &known)
+            let hint = envd_supervisor::suggest::closest(&entry.function, &known)
                 .map(|c| format!(" (did you mean {c:?}?)"))
                 .unwrap_or_default();
             return Err(whole(format!(
@@ -314,7 +314,7 @@ fn from_starlark(e: starlark::Error) -> LangError {
         if !message.contains("Did you mean") && !message.contains("did you mean") {
             for (ns, names) in namespace_members() {
                 let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                if let Some(c) = envd_supervisor::config::closest(attr, &known) {
+                if let Some(c) = envd_supervisor::suggest::closest(attr, &known) {
                     message.push_str(&format!(" (did you mean `{ns}.{c}`?)"));
                     break;
                 }

@@ -79,11 +79,11 @@ fn every_corpus_file_compiles_unless_it_needs_what_is_missing() {
         std::fs::copy(&path, work.path().join("build.envd")).unwrap();
         let graph = evaluate_with_cache(work.path(), &Entry::default(), &work.path().join("cache"))
             .unwrap();
-        let context = crate::context::collect(work.path(), &graph);
+        let context = crate::build_context::collect(work.path(), &graph);
         let result = context.and_then(|c| {
             crate::compile::compile(
                 &graph,
-                &crate::compile::Context {
+                &crate::compile::Inputs {
                     env_name: "corpus".into(),
                     runtime_image: Some("envd-rs/runtime:test".into()),
                     program_hash: "test".into(),

@@ -21,9 +21,9 @@ use tokio::task::AbortHandle;
 use crate::config::{self, FailureStrategy, ServiceSpec};
 use crate::guard;
 use crate::health::{self, CheckContext, HealthReport};
-use crate::logs::{self, Line, LogBuffer, Sink, Stream};
 use crate::proto::supervisor::{ExitInfo, Health, ServiceState, ServiceStatus};
 use crate::reaper::{self, Exit, ExitKind, Waiters};
+use crate::service_logs::{self, Line, LogBuffer, Sink, Stream};
 use crate::spawn::{self, SpawnRequest};
 use decide::{AfterExit, Phase};
 

@@ -116,13 +116,18 @@ impl Supervisor {
         })
         .map_err(|e| format!("{:?}: {e}", spec.argv[0]))?;
         let buffer = self.services[idx].logs.clone();
-        tokio::spawn(logs::pump(
+        tokio::spawn(service_logs::pump(
             out_read,
             Stream::Stdout,
             out_sink,
             buffer.clone(),
         ));
-        tokio::spawn(logs::pump(err_read, Stream::Stderr, err_sink, buffer));
+        tokio::spawn(service_logs::pump(
+            err_read,
+            Stream::Stderr,
+            err_sink,
+            buffer,
+        ));
         if spec.health.has_checks() {
             let ctx = CheckContext {
                 service: spec.name.clone(),

@@ -14,7 +14,7 @@ pub const DEFAULT: &str = "default";
 
 /// One named builder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Context {
+pub struct BuilderContext {
     /// Its name.
     pub name: String,
     /// `moby-worker`, `unix` or `tcp`.
@@ -24,7 +24,7 @@ pub struct Context {
     pub builder_address: String,
 }
 
-impl Context {
+impl BuilderContext {
     /// The builder this context names.
     pub fn to_builder(&self) -> anyhow::Result<Builder> {
         Builder::parse(
@@ -42,14 +42,14 @@ pub struct Contexts {
     pub current: String,
     /// The contexts, `default` first.
     #[serde(rename = "context")]
-    pub contexts: Vec<Context>,
+    pub contexts: Vec<BuilderContext>,
 }
 
 impl Default for Contexts {
     fn default() -> Self {
         Contexts {
             current: DEFAULT.into(),
-            contexts: vec![Context {
+            contexts: vec![BuilderContext {
                 name: DEFAULT.into(),
                 builder: "moby-worker".into(),
                 builder_address: String::new(),
@@ -98,19 +98,19 @@ impl Contexts {
     }
 
     /// A context by name.
-    pub fn get(&self, name: &str) -> Option<&Context> {
+    pub fn get(&self, name: &str) -> Option<&BuilderContext> {
         self.contexts.iter().find(|c| c.name == name)
     }
 
     /// The current context.
-    pub fn current(&self) -> &Context {
+    pub fn current(&self) -> &BuilderContext {
         self.get(&self.current)
             .expect("load() checks the current context exists")
     }
 
     fn unknown(&self, name: &str) -> anyhow::Error {
         let names: Vec<&str> = self.contexts.iter().map(|c| c.name.as_str()).collect();
-        match envd_supervisor::config::closest(name, &names) {
+        match envd_supervisor::suggest::closest(name, &names) {
             Some(c) => anyhow::anyhow!("there is no context named {name:?}; did you mean {c:?}?"),
             None => anyhow::anyhow!(
                 "there is no context named {name:?}; contexts: {}",
@@ -120,7 +120,7 @@ impl Contexts {
     }
 
     /// Adds a context (checking its builder), optionally making it current.
-    pub fn create(&mut self, ctx: Context, make_current: bool) -> anyhow::Result<()> {
+    pub fn create(&mut self, ctx: BuilderContext, make_current: bool) -> anyhow::Result<()> {
         if ctx.name.is_empty() || ctx.name.contains(char::is_whitespace) {
             bail!("a context name must be one word, got {:?}", ctx.name);
         }
@@ -164,8 +164,8 @@ impl Contexts {
 mod tests {
     use super::*;
 
-    fn tcp(name: &str) -> Context {
-        Context {
+    fn tcp(name: &str) -> BuilderContext {
+        BuilderContext {
             name: name.into(),
             builder: "tcp".into(),
             builder_address: "tcp://127.0.0.1:1234".into(),
@@ -195,7 +195,7 @@ mod tests {
         c.use_context(DEFAULT).unwrap();
         c.remove("remote").unwrap();
         assert_eq!(c, Contexts::default());
-        let bad = Context {
+        let bad = BuilderContext {
             name: "x".into(),
             builder: "tcp".into(),
             builder_address: String::new(),

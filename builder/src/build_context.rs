@@ -240,7 +240,7 @@ pub fn collect(root: &Path, g: &Graph) -> anyhow::Result<BuildContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Copy, RunStep};
+    use crate::graph::{FileCopy, RunStep};
 
     #[test]
     fn paths_cannot_leave_the_context() {
@@ -259,7 +259,7 @@ mod tests {
             python_requirements: vec!["requirements.txt".into()],
             ..Default::default()
         };
-        g.copies.push(Copy {
+        g.copies.push(FileCopy {
             source: "data".into(),
             target: "/data".into(),
             image: None,
@@ -305,7 +305,7 @@ mod tests {
         std::os::unix::fs::symlink("a.txt", dir.path().join("data/b.txt")).unwrap();
         std::os::unix::fs::symlink(secrets.path().join("id_rsa"), dir.path().join("key")).unwrap();
         let copy = |source: &str| Graph {
-            copies: vec![Copy {
+            copies: vec![FileCopy {
                 source: source.into(),
                 target: "/x".into(),
                 image: None,

@@ -51,13 +51,13 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
 
 /// Logs at info level.
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Info) { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } } }
+macro_rules! info { ($($t:tt)*) => { if $crate::diagnostics::enabled($crate::diagnostics::Level::Info) { $crate::diagnostics::write($crate::diagnostics::Level::Info, format_args!($($t)*)) } } }
 /// Logs at warn level.
 #[macro_export]
-macro_rules! warn { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Warn) { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } } }
+macro_rules! warn { ($($t:tt)*) => { if $crate::diagnostics::enabled($crate::diagnostics::Level::Warn) { $crate::diagnostics::write($crate::diagnostics::Level::Warn, format_args!($($t)*)) } } }
 /// Logs at error level.
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Error) { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } } }
+macro_rules! error { ($($t:tt)*) => { if $crate::diagnostics::enabled($crate::diagnostics::Level::Error) { $crate::diagnostics::write($crate::diagnostics::Level::Error, format_args!($($t)*)) } } }
 /// Logs at debug level.
 #[macro_export]
-macro_rules! debug { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } } }
+macro_rules! debug { ($($t:tt)*) => { if $crate::diagnostics::enabled($crate::diagnostics::Level::Debug) { $crate::diagnostics::write($crate::diagnostics::Level::Debug, format_args!($($t)*)) } } }
