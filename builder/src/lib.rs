@@ -18,6 +18,8 @@
 //!
 //! `docs/ARCHITECTURE.md` draws the layout and the way data flows through it.
 
+#![warn(missing_docs)]
+
 pub mod build;
 pub mod build_context;
 pub mod builders;

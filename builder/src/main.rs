@@ -1,6 +1,8 @@
 //! `envd`: the host command of envd-rs. It only parses the command line and dispatches to
 //! [`cli`], one module per subcommand.
 
+#![warn(missing_docs)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -9,6 +9,8 @@
 //! When `starship` is on PATH the rc files hand the prompt to it (with [`starship_config`]);
 //! otherwise a built-in prompt per shell shows the same facts.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 /// The shells envd supports, as `shell()` names them in build files (and as a build graph

@@ -13,6 +13,8 @@
 //! - [`forward`]: TCP and unix-socket forwarding both ways;
 //! - [`sftp`]: the sftp subsystem over the real filesystem.
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod agent;
 pub mod forward;

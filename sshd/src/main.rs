@@ -1,5 +1,7 @@
 //! `envd-sshd`: the SSH server of an envd environment. See the `envd_sshd` crate docs.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

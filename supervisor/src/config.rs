@@ -829,27 +829,6 @@ fn resolve_file_name_references(located: &mut [Located]) {
     }
 }
 
-/// Validates a set of parsed specs as a whole (used by tests that build specs in memory).
-pub fn validate_specs(specs: &[ServiceSpec]) -> Result<(), ConfigErrors> {
-    let located: Vec<Located> = specs
-        .iter()
-        .map(|s| Located {
-            spec: s.clone(),
-            text: String::new(),
-            start_after_offset: 0,
-            shutdown_after_offset: 0,
-            die_if_failed_offset: 0,
-        })
-        .collect();
-    let mut errors = Vec::new();
-    validate(&located, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
-}
-
 fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
     let mut by_name: HashMap<&str, &Located> = HashMap::new();
     for l in located {

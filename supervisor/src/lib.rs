@@ -20,6 +20,8 @@
 //!   `envd.supervisor.v1.Supervisor`) on a unix socket and, with a bearer token, on TCP. The host
 //!   side (`envd`) uses [`client`] too.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod client;
 pub mod config;

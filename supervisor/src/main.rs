@@ -1,5 +1,7 @@
 //! `envd-init`: the PID 1 of an envd environment. See the crate docs of `envd_supervisor`.
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,6 +4,8 @@
 //! runtime from `scripts/build-runtime`), real OpenSSH clients and a real Docker engine. A test
 //! that needs something missing fails loudly; nothing is skipped silently.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
