@@ -392,19 +392,19 @@ impl TtyProgress {
 /// Prints progress as plain lines (CI logs and terminals alike).
 pub fn print_progress(p: Progress) {
     match p {
-        Progress::Started { name, cached: true } => println!("[cached] {name}"),
+        Progress::Started { name, cached: true } => crate::say!("[cached] {name}"),
         Progress::Started {
             name,
             cached: false,
-        } => println!("[run]    {name}"),
-        Progress::Completed { name, error: None } => println!("[done]   {name}"),
+        } => crate::say!("[run]    {name}"),
+        Progress::Completed { name, error: None } => crate::say!("[done]   {name}"),
         Progress::Completed {
             name,
             error: Some(e),
-        } => println!("[failed] {name}: {e}"),
+        } => crate::say!("[failed] {name}: {e}"),
         Progress::Log { text, .. } => {
             for line in text.lines() {
-                println!("         {line}");
+                crate::say!("         {line}");
             }
         }
     }

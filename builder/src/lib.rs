@@ -32,5 +32,6 @@ pub mod graph;
 pub mod host;
 pub mod lang;
 pub mod output;
+pub mod print;
 pub mod random;
 pub mod runtime;

@@ -26,7 +26,7 @@ use crate::proto::supervisor::{
     ServiceState, ServiceStatus,
 };
 use crate::service_logs::{self, Line};
-use crate::supervisor::{ApiRequest, Event, Shared};
+use crate::supervisor::{ApiRefusal, ApiReply, ApiRequest, Event, Shared};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -233,7 +233,7 @@ impl Api {
     async fn send(
         &self,
         service: String,
-        make: fn(String, oneshot::Sender<Result<ServiceStatus, String>>) -> ApiRequest,
+        make: fn(String, ApiReply) -> ApiRequest,
     ) -> Result<Response<ServiceStatus>, Status> {
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -242,10 +242,12 @@ impl Api {
             .map_err(|_| Status::unavailable("the supervisor is stopping"))?;
         match rx.await {
             Ok(Ok(status)) => Ok(Response::new(status)),
-            Ok(Err(message)) if message.starts_with("no service") => {
-                Err(Status::not_found(message))
+            Ok(Err(refusal @ ApiRefusal::NoSuchService(_))) => {
+                Err(Status::not_found(refusal.to_string()))
             }
-            Ok(Err(message)) => Err(Status::failed_precondition(message)),
+            Ok(Err(refusal @ ApiRefusal::Stopping)) => {
+                Err(Status::failed_precondition(refusal.to_string()))
+            }
             Err(_) => Err(Status::unavailable("the supervisor is stopping")),
         }
     }

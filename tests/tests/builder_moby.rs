@@ -297,6 +297,21 @@ fn debug_llb_prints_ops_and_config_without_building() {
         t.contains("pip install") && t.contains("\"Entrypoint\""),
         "{t}"
     );
+    // A reader that goes away early ends envd quietly with SIGPIPE's status, as other tools.
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" debug llb --path "$1" | head -1 >/dev/null; echo "${PIPESTATUS[0]}""#)
+        .arg(envd_e2e::runtime_dir().join("envd"))
+        .arg(&dir)
+        .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout).trim(),
+        "141",
+        "{}",
+        text(&piped)
+    );
     let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap(), "--dot"]);
     let dot = text(&out);
     assert!(

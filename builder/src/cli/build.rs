@@ -42,14 +42,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let outcome = super::tokio()?.block_on(build::build(&opts, build::progress_display()))?;
     if outcome.up_to_date {
-        println!(
+        envd_builder::say!(
             "{} is up to date (program {}); nothing to build ({:.2}s). Use --force to rebuild.",
             outcome.tag,
             &outcome.program_hash[..12],
             outcome.elapsed.as_secs_f64()
         );
     } else {
-        println!(
+        envd_builder::say!(
             "built {} {} in {:.1}s",
             outcome.tag,
             outcome.digest,
@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(note) = &outcome.output_note {
-        println!("{note}");
+        envd_builder::say!("{note}");
     }
     Ok(ExitCode::SUCCESS)
 }

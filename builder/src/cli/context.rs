@@ -57,25 +57,25 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             all.create(context, use_it)?;
             all.save()?;
             let in_use = if use_it { " and in use" } else { "" };
-            println!("context {name:?} created{in_use}");
+            envd_builder::say!("context {name:?} created{in_use}");
         }
         Command::Ls => print_table(&all),
         Command::Use { name } => {
             all.use_context(&name)?;
             all.save()?;
-            println!("now using context {name:?}");
+            envd_builder::say!("now using context {name:?}");
         }
         Command::Rm { name } => {
             all.remove(&name)?;
             all.save()?;
-            println!("context {name:?} removed");
+            envd_builder::say!("context {name:?} removed");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_table(all: &Contexts) {
-    println!("{:<2}{:<16} {:<12} ADDRESS", "", "NAME", "BUILDER");
+    envd_builder::say!("{:<2}{:<16} {:<12} ADDRESS", "", "NAME", "BUILDER");
     for c in &all.contexts {
         let mark = if c.name == all.current { "*" } else { "" };
         let address = if c.builder_address.is_empty() && c.builder == "moby-worker" {
@@ -86,6 +86,6 @@ fn print_table(all: &Contexts) {
         } else {
             c.builder_address.clone()
         };
-        println!("{mark:<2}{:<16} {:<12} {address}", c.name, c.builder);
+        envd_builder::say!("{mark:<2}{:<16} {:<12} {address}", c.name, c.builder);
     }
 }

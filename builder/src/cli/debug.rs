@@ -43,20 +43,20 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
         Command::Runtime => Ok(check_runtime()),
         Command::Graph { path, from } => {
             let graph = envd_builder::lang::evaluate(&path, &from)?;
-            println!("{}", serde_json::to_string_pretty(&graph)?);
+            envd_builder::say!("{}", serde_json::to_string_pretty(&graph)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Llb { path, from, dot } => {
             let plan = build::plan(&path, &from, None)?;
             let definition = &plan.compiled.definition;
             if dot {
-                print!("{}", llb::describe_dot(definition));
+                envd_builder::say_raw!("{}", llb::describe_dot(definition));
                 return Ok(ExitCode::SUCCESS);
             }
-            print!("{}", llb::describe(definition));
+            envd_builder::say_raw!("{}", llb::describe(definition));
             let config: serde_json::Value = serde_json::from_slice(&plan.compiled.config)?;
-            println!("image config: {}", serde_json::to_string_pretty(&config)?);
-            println!("program: {}", plan.program_hash);
+            envd_builder::say!("image config: {}", serde_json::to_string_pretty(&config)?);
+            envd_builder::say!("program: {}", plan.program_hash);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -67,7 +67,7 @@ fn check_runtime() -> ExitCode {
     let mut ok = true;
     for bin in runtime::RUNTIME_BINARIES {
         match runtime::locate(bin) {
-            Ok(path) => println!("{bin}: {} (static)", path.display()),
+            Ok(path) => envd_builder::say!("{bin}: {} (static)", path.display()),
             Err(e) => {
                 ok = false;
                 eprintln!("envd: {e}");

@@ -78,7 +78,7 @@ pub struct DownArgs {
 pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     let rows = super::tokio()?.block_on(env::commands::rows())?;
     if args.format == "json" {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        envd_builder::say!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         env::commands::print_table(&rows);
     }
@@ -150,9 +150,9 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         (None, None) => build::env_name(Path::new(".")),
     };
     let kept = super::tokio()?.block_on(env::commands::down(&name, args.volumes))?;
-    println!("{name} is down: container and SSH entry removed");
+    envd_builder::say!("{name} is down: container and SSH entry removed");
     if !kept.is_empty() {
-        println!(
+        envd_builder::say!(
             "kept its volumes for the next envd up ({}); envd down --name {name} --volumes removes them",
             kept.join(", ")
         );

@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let show_service = |s: &envd_supervisor::proto::supervisor::ServiceStatus,
                         at: std::time::Duration| {
         let state = env::health::describe(s);
-        println!("[{:>5.1}s] {:<12} {state}", at.as_secs_f64(), s.name)
+        envd_builder::say!("[{:>5.1}s] {:<12} {state}", at.as_secs_f64(), s.name)
     };
     let up = super::tokio()?.block_on(env::up::up(
         &opts,
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !std::io::stdin().is_terminal() {
-        println!("(stdin is not a terminal: not opening a shell; use ssh {name}.envd)");
+        envd_builder::say!("(stdin is not a terminal: not opening a shell; use ssh {name}.envd)");
         return Ok(ExitCode::SUCCESS);
     }
     let err = std::process::Command::new("ssh")
@@ -86,12 +86,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// What was built, how the start went, and every endpoint.
 fn print_summary(name: &str, up: &env::up::Up) {
-    println!();
+    envd_builder::say!();
     if up.build.up_to_date {
-        println!("image {}: up to date, nothing built", up.build.tag);
+        envd_builder::say!("image {}: up to date, nothing built", up.build.tag);
     } else {
         let secs = up.build.elapsed.as_secs_f64();
-        println!("image {}: built in {secs:.1}s", up.build.tag);
+        envd_builder::say!("image {}: built in {secs:.1}s", up.build.tag);
     }
     let container = if up.reused {
         "kept the running container"
@@ -102,12 +102,12 @@ fn print_summary(name: &str, up: &env::up::Up) {
         .ssh_ready
         .map(|d| format!(", sshd after {:.2}s", d.as_secs_f64()))
         .unwrap_or_default();
-    println!(
+    envd_builder::say!(
         "{name} is up ({container}; every service healthy {:.2}s after the start{sshd}).",
         up.all_ready.as_secs_f64()
     );
     for l in env::commands::endpoint_lines(&up.env) {
-        println!("  {l}");
+        envd_builder::say!("  {l}");
     }
-    println!("  down:     envd down --name {name}");
+    envd_builder::say!("  down:     envd down --name {name}");
 }

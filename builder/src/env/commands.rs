@@ -152,7 +152,7 @@ pub fn print_table(rows: &[Row]) {
                 s.push_str(&format!("{c:<w$}  ", w = width[i]));
             }
         }
-        println!("{}", s.trim_end());
+        crate::say!("{}", s.trim_end());
     };
     line(header);
     for row in &cells {
@@ -164,28 +164,31 @@ pub fn print_table(rows: &[Row]) {
 pub async fn describe(name: &str) -> anyhow::Result<()> {
     let runner = default_runner().await?;
     let env = find(&runner, name).await?;
-    println!("name:     {}", env.name);
-    println!("status:   {}", env.status);
-    println!("image:    {}", env.image);
-    println!("id:       {}", &env.id[..12.min(env.id.len())]);
+    crate::say!("name:     {}", env.name);
+    crate::say!("status:   {}", env.status);
+    crate::say!("image:    {}", env.image);
+    crate::say!("id:       {}", &env.id[..12.min(env.id.len())]);
     if let Some(c) = &env.context {
-        println!("context:  {c} (at {})", env.workdir);
+        crate::say!("context:  {c} (at {})", env.workdir);
     }
     for l in endpoint_lines(&env) {
-        println!("{l}");
+        crate::say!("{l}");
     }
-    println!("ports:");
+    crate::say!("ports:");
     for e in &env.endpoints {
-        println!(
+        crate::say!(
             "  {:<10} {}:{} -> {}",
-            e.service, e.host_ip, e.host_port, e.container_port
+            e.service,
+            e.host_ip,
+            e.host_port,
+            e.container_port
         );
     }
     let volumes = runner.volumes(&env.name, true).await?;
     if !volumes.is_empty() {
-        println!("volumes (kept by envd down; envd down --volumes removes them):");
+        crate::say!("volumes (kept by envd down; envd down --volumes removes them):");
         for v in &volumes {
-            println!(
+            crate::say!(
                 "  {:<28} {:<24} {}",
                 v.name,
                 v.path,
@@ -196,15 +199,15 @@ pub async fn describe(name: &str) -> anyhow::Result<()> {
         }
     }
     if !env.commands.is_empty() {
-        println!("commands (envd exec --name {} --command NAME):", env.name);
+        crate::say!("commands (envd exec --name {} --command NAME):", env.name);
         for (k, v) in &env.commands {
-            println!("  {k}: {v}");
+            crate::say!("  {k}: {v}");
         }
     }
     if env.running() {
-        println!("services:");
+        crate::say!("services:");
         for s in health::services(&env).await? {
-            println!(
+            crate::say!(
                 "  {:<12} {:<10} pid {:<6} restarts {}{}",
                 s.name,
                 health::describe(&s),
@@ -271,7 +274,7 @@ pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
             let left = runner.volumes(name, false).await?;
             if ssh::has_entry(name) || (volumes && !left.is_empty()) {
                 ssh::remove_environment(name)?;
-                println!("{name}: no container; removed its SSH entry");
+                crate::say!("{name}: no container; removed its SSH entry");
                 return finish_volumes(&runner, name, volumes).await;
             }
             return Err(e);
@@ -293,7 +296,7 @@ async fn finish_volumes(
 ) -> anyhow::Result<Vec<String>> {
     if remove {
         for v in runner.remove_volumes(name).await? {
-            println!("removed the volume {v}");
+            crate::say!("removed the volume {v}");
         }
         return Ok(Vec::new());
     }

@@ -104,11 +104,11 @@ impl Supervisor {
             ApiRequest::Stop(n, r) => (n, r, AfterStop::Stay),
         };
         if self.phase.stopping() {
-            let _ = reply.send(Err("the environment is stopping".into()));
+            let _ = reply.send(Err(ApiRefusal::Stopping));
             return;
         }
         let Some(idx) = self.index(&name) else {
-            let _ = reply.send(Err(format!("no service named {name:?}")));
+            let _ = reply.send(Err(ApiRefusal::NoSuchService(name)));
             return;
         };
         self.stop(idx, after);
@@ -116,7 +116,7 @@ impl Supervisor {
         let status = self
             .index(&name)
             .map(|i| self.services[i].status())
-            .ok_or_else(|| format!("no service named {name:?}"));
+            .ok_or(ApiRefusal::NoSuchService(name));
         let _ = reply.send(status);
     }
 }

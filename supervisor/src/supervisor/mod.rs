@@ -70,13 +70,27 @@ pub enum TimerKind {
     ResetAttempts,
 }
 
+/// Why an API call that changes state was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiRefusal {
+    /// No service has that name.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
+    /// The environment is stopping: nothing starts or stops on request any more.
+    #[error("the environment is stopping")]
+    Stopping,
+}
+
+/// The answer to an API call that changes state.
+pub type ApiReply = oneshot::Sender<Result<ServiceStatus, ApiRefusal>>;
+
 /// API calls that change state.
 #[derive(Debug)]
 pub enum ApiRequest {
     /// Stop (if running) and start a service again.
-    Restart(String, oneshot::Sender<Result<ServiceStatus, String>>),
+    Restart(String, ApiReply),
     /// Stop a service and keep it stopped.
-    Stop(String, oneshot::Sender<Result<ServiceStatus, String>>),
+    Stop(String, ApiReply),
 }
 
 /// What the API reads: the live status of every service and their log tails.
