@@ -315,10 +315,10 @@ struct RawRestart {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawHealthiness {
-    http_endpoint: Option<String>,
+    http_endpoint: Option<Spanned<String>>,
     file_path: Option<PathBuf>,
     command: Option<Spanned<String>>,
-    tcp: Option<String>,
+    tcp: Option<Spanned<String>>,
     #[serde(default, deserialize_with = "opt_duration")]
     interval: Option<Duration>,
     #[serde(default, deserialize_with = "opt_duration")]
@@ -628,8 +628,14 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
         })?)?),
         None => None,
     };
-    raw.healthiness.http_endpoint = ex_opt(raw.healthiness.http_endpoint)?;
-    raw.healthiness.tcp = ex_opt(raw.healthiness.tcp)?;
+    // Values with where they were written, so a check's error names its own line.
+    let spanned = |v: Option<Spanned<String>>| v.map(|s| (s.span().start, s.into_inner()));
+    let http_endpoint = spanned(raw.healthiness.http_endpoint.take());
+    let http_endpoint = http_endpoint
+        .map(|(at, v)| ex(v).map(|v| (at, v)))
+        .transpose()?;
+    let tcp = spanned(raw.healthiness.tcp.take());
+    let tcp = tcp.map(|(at, v)| ex(v).map(|v| (at, v))).transpose()?;
     raw.healthiness.file_path = ex_opt(path_text(raw.healthiness.file_path))?.map(PathBuf::from);
     raw.working_directory = ex_opt(path_text(raw.working_directory))?.map(PathBuf::from);
     raw.stdout = ex_opt(raw.stdout)?;
@@ -641,18 +647,18 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
     for v in raw.environment.additional.values_mut() {
         *v = ex(std::mem::take(v))?;
     }
-    if let Some(url) = &raw.healthiness.http_endpoint {
+    if let Some((at, url)) = &http_endpoint {
         if !url.starts_with("http://") {
             return Err(err_at(
-                text.find("http-endpoint").unwrap_or(0),
+                *at,
                 format!("http-endpoint {url:?} must start with http:// (https is not supported)"),
             ));
         }
     }
-    if let Some(addr) = &raw.healthiness.tcp {
+    if let Some((at, addr)) = &tcp {
         if !addr.contains(':') {
             return Err(err_at(
-                text.find("tcp").unwrap_or(0),
+                *at,
                 format!("tcp health check {addr:?} must be HOST:PORT"),
             ));
         }
@@ -695,10 +701,10 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
             reset_after: raw.restart.reset_after.unwrap_or(Duration::from_secs(10)),
         },
         health: HealthSpec {
-            http_endpoint: raw.healthiness.http_endpoint,
+            http_endpoint: http_endpoint.map(|(_, v)| v),
             file_path: raw.healthiness.file_path,
             command: health_command,
-            tcp: raw.healthiness.tcp,
+            tcp: tcp.map(|(_, v)| v),
             interval: raw.healthiness.interval.unwrap_or(Duration::from_secs(1)),
             timeout: raw.healthiness.timeout.unwrap_or(Duration::from_secs(1)),
             max_failed: raw.healthiness.max_failed.unwrap_or(3).max(1),
@@ -1134,4 +1140,23 @@ additional = { WHERE = "${ENVD_TEST_DIR}/sub" }
 
     #[test]
     fn suggestions() {}
+
+    #[test]
+    fn a_bad_health_check_is_located_by_its_own_span() {
+        // "tcp" and "http-endpoint" appear earlier in the file: the error still names the line
+        // of the check itself.
+        let text = "command = \"echo tcp http-endpoint\"\n\n[healthiness]\ntcp = \"nohostport\"\n";
+        let e = parse_service(Path::new("/etc/envd/services/svc.toml"), text).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/envd/services/svc.toml:4: "),
+            "{e}"
+        );
+        let text =
+            "command = \"echo http-endpoint\"\n[healthiness]\nhttp-endpoint = \"https://x\"\n";
+        let e = parse_service(Path::new("/etc/envd/services/svc.toml"), text).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/envd/services/svc.toml:3: "),
+            "{e}"
+        );
+    }
 }
