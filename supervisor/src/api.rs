@@ -50,6 +50,43 @@ pub fn serving(s: &ServiceStatus) -> bool {
         || state == ServiceState::Finished
 }
 
+/// The word for a service's state: the same in `envd-init ctl` and on the host (`envd ls`).
+pub fn state_word(state: i32) -> &'static str {
+    match ServiceState::try_from(state).unwrap_or(ServiceState::Unspecified) {
+        ServiceState::Unspecified => "unknown",
+        ServiceState::Pending => "pending",
+        ServiceState::Starting => "starting",
+        ServiceState::Running => "running",
+        ServiceState::Backoff => "restarting",
+        ServiceState::Stopping => "stopping",
+        ServiceState::Finished => "finished",
+        ServiceState::Failed => "failed",
+        ServiceState::Stopped => "stopped",
+    }
+}
+
+/// The word for a service's health.
+pub fn health_word(health: i32) -> &'static str {
+    match pb::Health::try_from(health).unwrap_or(pb::Health::Unspecified) {
+        pb::Health::Healthy => "healthy",
+        pb::Health::Unhealthy => "unhealthy",
+        pb::Health::Unknown | pb::Health::Unspecified => "unknown",
+    }
+}
+
+/// One word for state and health together: a running service is `healthy`, `unhealthy` or
+/// still `starting`; otherwise its [`state_word`].
+pub fn status_word(s: &ServiceStatus) -> &'static str {
+    match ServiceState::try_from(s.state).unwrap_or(ServiceState::Unspecified) {
+        ServiceState::Running => match pb::Health::try_from(s.health) {
+            Ok(pb::Health::Healthy) => "healthy",
+            Ok(pb::Health::Unhealthy) => "unhealthy",
+            _ => "starting",
+        },
+        _ => state_word(s.state),
+    }
+}
+
 /// The health of `name` ("" = the whole environment), or None when there is no such service.
 pub fn health_of(statuses: &[ServiceStatus], name: &str) -> Option<ServingStatus> {
     let to_status = |ok: bool| {
@@ -299,4 +336,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: ServiceState, health: pb::Health) -> ServiceStatus {
+        ServiceStatus {
+            state: state as i32,
+            health: health as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_set_of_words_for_ctl_and_the_host() {
+        let running = |h| status_word(&status(ServiceState::Running, h));
+        assert_eq!(running(pb::Health::Healthy), "healthy");
+        assert_eq!(running(pb::Health::Unhealthy), "unhealthy");
+        assert_eq!(running(pb::Health::Unknown), "starting");
+        let backoff = status(ServiceState::Backoff, pb::Health::Unknown);
+        assert_eq!(status_word(&backoff), "restarting");
+        assert_eq!(state_word(backoff.state), "restarting");
+        let done = status(ServiceState::Finished, pb::Health::Healthy);
+        assert_eq!(status_word(&done), state_word(done.state));
+    }
 }

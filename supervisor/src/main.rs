@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use envd_supervisor::api::{self, Api};
 use envd_supervisor::proto::supervisor::{
-    Health, ListServicesRequest, LogsRequest, ServiceRequest, ServiceState, ServiceStatus,
+    ListServicesRequest, LogsRequest, ServiceRequest, ServiceStatus,
 };
 use envd_supervisor::supervisor::{self, Options};
 use envd_supervisor::{client, config, guard, identity, DEFAULT_API_SOCKET};
@@ -257,8 +257,8 @@ async fn ctl_inner(socket: &std::path::Path, action: CtlAction) -> anyhow::Resul
                     println!(
                         "{:<20} {:<9} {:<10} {:>7} {:>8}  {:<22} {}",
                         s.name,
-                        state_name(s.state),
-                        health_name(s.health),
+                        api::state_word(s.state),
+                        api::health_word(s.health),
                         if s.pid == 0 {
                             "-".into()
                         } else {
@@ -297,7 +297,7 @@ async fn ctl_inner(socket: &std::path::Path, action: CtlAction) -> anyhow::Resul
                 .restart(ServiceRequest { service: name })
                 .await?
                 .into_inner();
-            println!("{}: {}", s.name, state_name(s.state));
+            println!("{}: {}", s.name, api::state_word(s.state));
             Ok(0)
         }
         CtlAction::Stop { name } => {
@@ -306,31 +306,9 @@ async fn ctl_inner(socket: &std::path::Path, action: CtlAction) -> anyhow::Resul
                 .stop(ServiceRequest { service: name })
                 .await?
                 .into_inner();
-            println!("{}: {}", s.name, state_name(s.state));
+            println!("{}: {}", s.name, api::state_word(s.state));
             Ok(0)
         }
-    }
-}
-
-fn state_name(state: i32) -> &'static str {
-    match ServiceState::try_from(state).unwrap_or(ServiceState::Unspecified) {
-        ServiceState::Unspecified => "unknown",
-        ServiceState::Pending => "pending",
-        ServiceState::Starting => "starting",
-        ServiceState::Running => "running",
-        ServiceState::Backoff => "backoff",
-        ServiceState::Stopping => "stopping",
-        ServiceState::Finished => "finished",
-        ServiceState::Failed => "failed",
-        ServiceState::Stopped => "stopped",
-    }
-}
-
-fn health_name(health: i32) -> &'static str {
-    match Health::try_from(health).unwrap_or(Health::Unspecified) {
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "unhealthy",
-        Health::Unknown | Health::Unspecified => "unknown",
     }
 }
 
@@ -348,8 +326,8 @@ fn last_exit(s: &ServiceStatus) -> String {
 fn status_json(s: &ServiceStatus) -> serde_json::Value {
     serde_json::json!({
         "name": s.name,
-        "state": state_name(s.state),
-        "health": health_name(s.health),
+        "state": api::state_word(s.state),
+        "health": api::health_word(s.health),
         "pid": s.pid,
         "restarts": s.restarts,
         "last_exit": s.last_exit.as_ref().map(|e| serde_json::json!({

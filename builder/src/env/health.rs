@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use envd_supervisor::client::{self, Clients};
 use envd_supervisor::proto::health::HealthCheckRequest;
 use envd_supervisor::proto::supervisor::{
-    Health, ListServicesRequest, LogsRequest, ServiceState, ServiceStatus,
+    ListServicesRequest, LogsRequest, ServiceState, ServiceStatus,
 };
 use futures_util::StreamExt;
 
@@ -39,25 +39,10 @@ pub fn ready(s: &ServiceStatus) -> bool {
     envd_supervisor::api::serving(s)
 }
 
-/// One word for a service's state and health, as `envd ls` and `envd up` show it.
+/// One word for a service's state and health, as `envd ls` and `envd up` show it (envd-init's
+/// own words, [`envd_supervisor::api::status_word`]).
 pub fn describe(s: &ServiceStatus) -> String {
-    let state = ServiceState::try_from(s.state).unwrap_or(ServiceState::Unspecified);
-    let word = match state {
-        ServiceState::Running => match Health::try_from(s.health).unwrap_or(Health::Unspecified) {
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-            _ => "starting",
-        },
-        ServiceState::Pending => "pending",
-        ServiceState::Starting => "starting",
-        ServiceState::Backoff => "restarting",
-        ServiceState::Stopping => "stopping",
-        ServiceState::Finished => "done",
-        ServiceState::Failed => "failed",
-        ServiceState::Stopped => "stopped",
-        ServiceState::Unspecified => "unknown",
-    };
-    word.to_string()
+    envd_supervisor::api::status_word(s).to_string()
 }
 
 /// The last `tail` log lines of a service, as text.
