@@ -17,9 +17,8 @@ pub fn load_or_create_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
             .with_context(|| format!("cannot load the host key {}", path.display()));
     }
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("cannot read /dev/urandom")?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| anyhow::anyhow!("cannot get random bytes for the host key: {e}"))?;
     let key = PrivateKey::try_from(KeypairData::from(Ed25519Keypair::from_seed(&seed)))
         .context("cannot build the host key")?;
     if let Some(dir) = path.parent() {

@@ -172,3 +172,12 @@ print(json.dumps([clean(out).decode(errors="replace"), code]))
         code: v[1].as_i64().map(|c| c as i32),
     }
 }
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

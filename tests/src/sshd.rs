@@ -20,14 +20,7 @@ pub struct Sshd {
     run_as: Option<(u32, u32)>,
 }
 
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use crate::free_port;
 
 /// Creates a key pair with ssh-keygen.
 pub fn keygen(path: &Path, kind: &str) {
@@ -198,11 +191,7 @@ impl Sshd {
             .run_as
             .map(|(uid, _)| uid)
             .unwrap_or_else(|| nix::unistd::getuid().as_raw());
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string())
+        user_name_of(uid).unwrap_or_else(|| uid.to_string())
     }
 
     /// Runs `ssh -tt` to this server (a login shell, or `remote`) in a real terminal with
@@ -293,9 +282,13 @@ impl Sshd {
 
 /// The login name of the account the tests run as (what envd-sshd serves when started by them).
 pub fn current_user_name() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
+    user_name_of(nix::unistd::getuid().as_raw()).unwrap_or_else(|| "root".into())
+}
+
+/// The account name of `uid`, if it has one.
+fn user_name_of(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
         .map(|u| u.name)
-        .unwrap_or_else(|| "root".into())
 }

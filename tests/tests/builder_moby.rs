@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use envd_e2e::{envd, output_text, require_docker, runtime_dir};
 
-fn text(o: &Output) -> String {
-    output_text(o)
-}
-
 fn project(name: &str, build_envd: &str) -> tempfile::TempDir {
     let root = tempfile::Builder::new()
         .prefix("envd-build-test")
@@ -51,7 +47,7 @@ fn dev_image_with_apt_and_pip_packages_builds_and_runs() {
         tag,
         "--force",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let o = docker(&[
         "run",
         "--rm",
@@ -65,18 +61,18 @@ fn dev_image_with_apt_and_pip_packages_builds_and_runs() {
         String::from_utf8_lossy(&o.stdout).trim(),
         "six-ok",
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let o = docker(&["run", "--rm", "--entrypoint", "jq", tag, "--version"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("jq-"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     // The image runs envd-init as PID 1, which starts envd-sshd and reports it healthy.
     let o = docker(&["run", "-d", tag]);
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut status = String::new();
     while Instant::now() < deadline {
@@ -112,10 +108,10 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     let path = dir.to_str().unwrap();
     let tag = "envd-e2e/cache:test";
     let out = envd(&["build", "--path", path, "-t", tag]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     // `envd debug llb` plans exactly as the build did: the program hash it prints is the one
     // the image is labelled with.
-    let llb = text(&envd(&["debug", "llb", "--path", path]));
+    let llb = output_text(&envd(&["debug", "llb", "--path", path]));
     let printed = llb.lines().find_map(|l| l.strip_prefix("program: "));
     let label = docker(&[
         "image",
@@ -138,8 +134,12 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     let t = Instant::now();
     let out = envd(&["build", "--path", path, "-t", tag]);
     let took = t.elapsed();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("up to date"),
+        "{}",
+        output_text(&out)
+    );
     assert!(
         took < Duration::from_secs(1),
         "no-change rebuild took {took:?}"
@@ -157,7 +157,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     )
     .unwrap();
     let out = envd(&["build", "--path", path, "-t", tag]);
-    let log = text(&out);
+    let log = output_text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         !log.contains("[run]    apt-get install"),
@@ -176,7 +176,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         "-c",
         "import idna, six",
     ]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
 }
 
 #[test]
@@ -272,13 +272,13 @@ fn tcp_builder_through_a_loopback_relay() {
         "--builder-address",
         &addr,
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let o = docker(&["run", "--rm", "envd-e2e/tcp:test", "cat", "/tcp-marker"]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "tcp-built",
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -287,7 +287,7 @@ fn debug_llb_prints_ops_and_config_without_building() {
     let root = project("e2ellb", PROGRAM);
     let dir = root.path().join("e2ellb");
     let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap()]);
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
         t.contains("source docker-image://docker.io/library/debian:bookworm"),
@@ -310,10 +310,10 @@ fn debug_llb_prints_ops_and_config_without_building() {
         String::from_utf8_lossy(&piped.stdout).trim(),
         "141",
         "{}",
-        text(&piped)
+        output_text(&piped)
     );
     let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap(), "--dot"]);
-    let dot = text(&out);
+    let dot = output_text(&out);
     assert!(
         out.status.success() && dot.starts_with("digraph llb {"),
         "{dot}"
@@ -349,7 +349,7 @@ def build():
     let path = dir.to_str().unwrap();
     let tag = "envd-e2e/ctx:test";
     let out = envd(&["build", "--path", path, "-t", tag]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let check = "set -e; cat /opt/data/nested/hello.txt /tmp/seen.txt; \
                  /opt/envd/venv/bin/python -c 'import six; print(six.__version__)'; \
                  sha256sum /home/envd/extra_source/six.whl | cut -c1-12; stat -c %U /opt/data/nested/hello.txt";
@@ -358,15 +358,23 @@ def build():
         String::from_utf8_lossy(&o.stdout),
         "hello from data\nmounted\n1.16.0\n8abb2f1d8689\nenvd\n",
         "{}",
-        text(&o)
+        output_text(&o)
     );
     // The context's content is part of the program: an edit rebuilds, no edit does not.
     let out = envd(&["build", "--path", path, "-t", tag]);
-    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("up to date"),
+        "{}",
+        output_text(&out)
+    );
     std::fs::write(dir.join("data/nested/hello.txt"), "changed\n").unwrap();
     let out = envd(&["build", "--path", path, "-t", tag]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!text(&out).contains("up to date"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        !output_text(&out).contains("up to date"),
+        "{}",
+        output_text(&out)
+    );
     let o = docker(&[
         "run",
         "--rm",
@@ -381,10 +389,10 @@ def build():
     let out = envd(&["build", "--path", path, "-t", tag]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("requirements.txt")
-            && text(&out).contains("missing from the build context"),
+        output_text(&out).contains("requirements.txt")
+            && output_text(&out).contains("missing from the build context"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -430,29 +438,33 @@ fn envd_context_chooses_the_builder() {
             "--builder-address",
             &addr,
         ]);
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(o.status.success(), "{}", output_text(&o));
     }
     let o = run(&["context", "use", "--name", "dead"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = build();
     assert!(!o.status.success());
     assert!(
-        text(&o).contains(&format!("cannot reach buildkitd on tcp://127.0.0.1:{dead}")),
+        output_text(&o).contains(&format!("cannot reach buildkitd on tcp://127.0.0.1:{dead}")),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let o = run(&["context", "use", "--name", "relay"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = build();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = run(&["context", "ls"]);
-    assert!(text(&o).contains("* relay"), "{}", text(&o));
+    assert!(output_text(&o).contains("* relay"), "{}", output_text(&o));
     let o = run(&["context", "rm", "--name", "relay"]);
-    assert!(text(&o).contains("is the current context"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("is the current context"),
+        "{}",
+        output_text(&o)
+    );
     let o = run(&["context", "use", "--name", "default"]);
     assert!(o.status.success());
     let o = build();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
 }
 
 #[test]
@@ -474,8 +486,12 @@ fn uv_and_nodejs_toolchains_build_and_run() {
         tag,
         "--force",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("uv pip install six"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("uv pip install six"),
+        "{}",
+        output_text(&out)
+    );
     let o = docker(&[
         "run",
         "--rm",
@@ -489,6 +505,6 @@ fn uv_and_nodejs_toolchains_build_and_run() {
         String::from_utf8_lossy(&o.stdout),
         "uv\n2\nsix\n",
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }

@@ -4,14 +4,10 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use envd_e2e::{envd, output_text, require_docker};
-
-fn text(o: &Output) -> String {
-    output_text(o)
-}
 
 fn project(name: &str) -> (tempfile::TempDir, String) {
     let root = tempfile::Builder::new()
@@ -79,7 +75,7 @@ fn docker_and_oci_archives() {
             docker_tar.display()
         ),
     ]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let _ = Command::new("docker")
         .args(["rmi", "-f", "envd-e2e/out:docker"])
         .output();
@@ -89,9 +85,9 @@ fn docker_and_oci_archives() {
         .output()
         .unwrap();
     assert!(
-        o.status.success() && text(&o).contains("envd-e2e/out:docker"),
+        o.status.success() && output_text(&o).contains("envd-e2e/out:docker"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let o = Command::new("docker")
         .args(["run", "--rm", "envd-e2e/out:docker", "cat", "/marker"])
@@ -109,7 +105,7 @@ fn docker_and_oci_archives() {
         "--output",
         &format!("type=oci,dest={},name=envd-e2e/out:oci", oci_tar.display()),
     ]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let files = tar_files(&oci_tar);
     assert!(files.contains_key("oci-layout"));
     let blob = |d: &str| -> &Vec<u8> {
@@ -193,12 +189,16 @@ fn push_to_a_local_registry() {
         "--output",
         &format!("type=image,name={name},push=true"),
     ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains(&format!("pushed {name}")), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(&format!("pushed {name}")),
+        "{}",
+        output_text(&o)
+    );
     let o = Command::new("curl").args(["-sf", &tags]).output().unwrap();
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("\"v1\""),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }

@@ -11,14 +11,6 @@ use envd_supervisor::proto::supervisor::ListServicesRequest;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_with_api() -> (Init, String) {
     let dir = scratch();
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -29,7 +21,7 @@ fn start_with_api() -> (Init, String) {
         "slow",
         &format!("command = \"sleep 100\"\n[healthiness]\nfile-path = \"{ready}\"\nmax-failed = 100000\n"),
     );
-    let port = free_port();
+    let port = envd_e2e::free_port();
     let listen = format!("127.0.0.1:{port}");
     let token_file = p(dir.path(), "token");
     let init = Init::start(
@@ -127,7 +119,7 @@ async fn health_check_list_and_watch() {
 #[test]
 fn api_listen_without_a_token_refuses_to_start() {
     let dir = scratch();
-    let port = free_port();
+    let port = envd_e2e::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut init = Init::start(
         dir,

@@ -430,8 +430,8 @@ fn secrets_and_inherited_descriptors_never_reach_services() {
 #[test]
 fn health_checks_of_every_kind() {
     let dir = scratch();
-    let port = free_port();
-    let port2 = free_port();
+    let port = envd_e2e::free_port();
+    let port2 = envd_e2e::free_port();
     let ready = p(dir.path(), "ready");
     write_service(
         dir.path(),
@@ -845,12 +845,4 @@ fn horust_example_files_parse() {
     assert!(n >= 4, "expected Horust's 4 example files, found {n}");
     // As a set: `backend.toml`-style references resolve to our names.
     envd_supervisor::config::load(&[(dir, false)]).unwrap_or_else(|e| panic!("{e}"));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

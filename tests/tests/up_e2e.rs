@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use envd_e2e::{envd, in_terminal, output_text, require_docker, workspace_root, TerminalRun, Then};
 
-fn text(o: &Output) -> String {
-    output_text(o)
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
@@ -33,7 +29,7 @@ fn project(name: &str, build_envd: &str) -> (tempfile::TempDir, PathBuf) {
 /// `envd ls --format json`, as JSON.
 fn ls() -> serde_json::Value {
     let out = envd(&["ls", "--format", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -93,7 +89,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         name,
         "--detach",
     ]);
-    let log = text(&out);
+    let log = output_text(&out);
     assert!(out.status.success(), "envd up failed:\n{log}");
     assert!(log.contains("ssh e2eup.envd"), "{log}");
     assert!(
@@ -115,7 +111,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "e2eup.envd",
         "python3 -c 'import numpy; print(numpy.__name__)'; pwd",
     ]));
-    assert!(o.status.success(), "ssh failed: {}", text(&o));
+    assert!(o.status.success(), "ssh failed: {}", output_text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "numpy\n/home/envd/e2eup-project"
@@ -194,7 +190,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     let o = run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key-e2e", "-f"])
         .arg(&key));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -202,7 +198,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     let o = run(Command::new("ssh-add")
         .arg(&key)
         .env("SSH_AUTH_SOCK", &sock));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = run(Command::new("ssh")
         .args(["-A", "-o", "BatchMode=yes", "e2eup.envd", "ssh-add -l"])
         .env("SSH_AUTH_SOCK", &sock));
@@ -211,7 +207,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("agent-key-e2e"),
         "the forwarded agent is not listed inside: {}",
-        text(&o)
+        output_text(&o)
     );
 
     // Jupyter answers with the token and refuses without it.
@@ -238,7 +234,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     assert!(
         dom.contains("<title>JupyterLab</title>"),
         "title missing: {}",
-        text(&o)
+        output_text(&o)
     );
     assert!(dom.contains("jp-LabShell"), "JupyterLab did not render");
     assert!(
@@ -254,11 +250,15 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&jupyter_url));
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "no screenshot ({size} bytes): {}", text(&o));
+    assert!(
+        size > 10_000,
+        "no screenshot ({size} bytes): {}",
+        output_text(&o)
+    );
 
     // Kill Jupyter inside: envd-init restarts it and envd ls shows it healthy again.
     let o = envd(&["exec", "--name", name, "--", "pkill", "-f", "jupyter-lab"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let l = ls();
@@ -273,17 +273,17 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
 
     // exec returns the command's exit code; an unknown environment is a clear error.
     let o = envd(&["exec", "--name", name, "--", "sh", "-c", "exit 7"]);
-    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(7), "{}", output_text(&o));
     let o = envd(&["exec", "--name", "e2eupp", "--", "true"]);
     assert!(
-        text(&o).contains("no environment named \"e2eupp\". Did you mean \"e2eup\"?"),
+        output_text(&o).contains("no environment named \"e2eupp\". Did you mean \"e2eup\"?"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     // down: no container, no SSH entry, ssh no longer resolves the host.
     let o = envd(&["down", "--name", name]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = run(Command::new("docker").args([
         "ps",
         "-a",
@@ -321,7 +321,7 @@ fn a_port_in_use_is_named() {
     let _down = Down("e2eport");
     let out = envd(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
     assert!(!out.status.success());
-    let log = text(&out);
+    let log = output_text(&out);
     assert!(
         log.contains(&format!("cannot publish port {port}: it is in use")),
         "{log}"
@@ -352,7 +352,7 @@ fn a_failing_service_is_reported_with_its_log() {
         "--timeout",
         "60s",
     ]);
-    let log = text(&out);
+    let log = output_text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("init_0: failed"), "{log}");
     assert!(
@@ -386,7 +386,7 @@ fn a_container_that_exits_at_once_is_reported_within_seconds() {
         "--timeout",
         "300s",
     ]);
-    let log = text(&out);
+    let log = output_text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(
         log.contains("stopped while starting (exit code 2)"),
@@ -411,7 +411,7 @@ fn a_missing_docker_engine_is_named() {
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .output()
         .unwrap();
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(!o.status.success());
     assert!(
         t.contains("cannot reach the Docker engine at /nonexistent/docker.sock")
