@@ -73,6 +73,7 @@ fn ssh_config_text() -> String {
     std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
 }
 
+/// One environment, brought up once; each feature is checked in turn against it.
 #[test]
 fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     require_docker();
@@ -80,7 +81,18 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     let _down = Down(name);
     let _ = envd(&["down", "--name", name]);
     let (_root, dir) = project("e2eup-project", PROGRAM);
+    let jupyter_url = up_detached(name, &dir);
+    plain_openssh_reaches_it();
+    up_in_a_terminal_keeps_it_and_opens_the_shell(name, &dir);
+    agent_forwarding_lists_a_local_key();
+    jupyter_needs_its_token_and_renders_in_chromium(&jupyter_url);
+    a_killed_jupyter_is_restarted(name, &jupyter_url);
+    exec_keeps_exit_codes_and_names_unknown_environments(name);
+    down_leaves_nothing(name);
+}
 
+/// `envd up --detach` prints every endpoint; returns the Jupyter URL.
+fn up_detached(name: &str, dir: &std::path::Path) -> String {
     let out = envd(&[
         "up",
         "--path",
@@ -103,6 +115,10 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         .unwrap_or_else(|| panic!("no Jupyter URL printed:\n{log}"));
     assert!(jupyter_url.contains("token="), "{jupyter_url}");
 
+    jupyter_url
+}
+
+fn plain_openssh_reaches_it() {
     // Plain OpenSSH through ~/.ssh/config's Include; host-key checking stays on (BatchMode
     // would fail on an unknown key).
     let o = run(Command::new("ssh").args([
@@ -117,7 +133,9 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "numpy\n/home/envd/e2eup-project"
     );
     assert!(ssh_config_text().contains("StrictHostKeyChecking yes"));
+}
 
+fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Path) {
     // Without --detach, in a terminal, `envd up` keeps the running container and opens the
     // shell: the prompt names the environment, typed commands run inside, exit ends envd up.
     let envd_bin = envd_e2e::runtime_dir().join("envd");
@@ -177,7 +195,9 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     );
     assert!(screen.contains("not a tty"), "{screen}");
     assert_eq!(code, Some(1), "{screen}");
+}
 
+fn agent_forwarding_lists_a_local_key() {
     // Agent forwarding: a key held by a real ssh-agent on this side is listed inside.
     let agent_dir = tempfile::tempdir().unwrap();
     let sock = agent_dir.path().join("agent.sock");
@@ -209,9 +229,11 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "the forwarded agent is not listed inside: {}",
         output_text(&o)
     );
+}
 
+fn jupyter_needs_its_token_and_renders_in_chromium(jupyter_url: &str) {
     // Jupyter answers with the token and refuses without it.
-    assert_eq!(http_status(&jupyter_url), "200");
+    assert_eq!(http_status(jupyter_url), "200");
     let api = jupyter_url.replace("/lab?token=", "/api/contents?token=");
     assert_eq!(http_status(&api), "200");
     assert_eq!(http_status(api.split('?').next().unwrap()), "403");
@@ -229,7 +251,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     let o = run(Command::new("chromium")
         .args(chromium_args)
         .arg("--dump-dom")
-        .arg(&jupyter_url));
+        .arg(jupyter_url));
     let dom = String::from_utf8_lossy(&o.stdout);
     assert!(
         dom.contains("<title>JupyterLab</title>"),
@@ -248,14 +270,16 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     let o = run(Command::new("chromium")
         .args(chromium_args)
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(&jupyter_url));
+        .arg(jupyter_url));
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(
         size > 10_000,
         "no screenshot ({size} bytes): {}",
         output_text(&o)
     );
+}
 
+fn a_killed_jupyter_is_restarted(name: &str, jupyter_url: &str) {
     // Kill Jupyter inside: envd-init restarts it and envd ls shows it healthy again.
     let o = envd(&["exec", "--name", name, "--", "pkill", "-f", "jupyter-lab"]);
     assert!(o.status.success(), "{}", output_text(&o));
@@ -269,8 +293,10 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         assert!(Instant::now() < deadline, "jupyter not healthy again: {l}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(http_status(&jupyter_url), "200");
+    assert_eq!(http_status(jupyter_url), "200");
+}
 
+fn exec_keeps_exit_codes_and_names_unknown_environments(name: &str) {
     // exec returns the command's exit code; an unknown environment is a clear error.
     let o = envd(&["exec", "--name", name, "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{}", output_text(&o));
@@ -280,7 +306,9 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
         "{}",
         output_text(&o)
     );
+}
 
+fn down_leaves_nothing(name: &str) {
     // down: no container, no SSH entry, ssh no longer resolves the host.
     let o = envd(&["down", "--name", name]);
     assert!(o.status.success(), "{}", output_text(&o));

@@ -2,20 +2,119 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// The 51 public build files in `../shared/envd-corpus`, an optional extra: it sits beside the
-/// checkout on the development machine only. Without it, the corpus tests say so and check
-/// nothing (the unit tests below cover the language on their own).
+/// The 51 public build files of envd's users, an optional extra check: `scripts/test` points
+/// `ENVD_CORPUS_DIR` at them when they are there (beside the development checkout only). Without
+/// it, the corpus tests say so and check nothing; the project's own programs
+/// (`builder/tests/programs`, below) cover the language on their own.
 fn corpus_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/envd-corpus");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "note: {} is absent (it exists beside the development checkout only): the corpus is not checked in this run",
-            dir.display()
-        );
-        None
+    match std::env::var_os("ENVD_CORPUS_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_dir() => Some(dir),
+        _ => {
+            eprintln!(
+                "note: ENVD_CORPUS_DIR is not set: the public corpus is not checked in this run"
+            );
+            None
+        }
     }
+}
+
+/// Compiles a graph the way `envd build` does, with stand-in image names.
+fn compile_for_test(dir: &Path, graph: &Graph) -> anyhow::Result<crate::compile::Compiled> {
+    let context = crate::build_context::collect(dir, graph)?;
+    crate::compile::compile(
+        graph,
+        &crate::compile::Inputs {
+            env_name: "test".into(),
+            runtime_image: Some("envd-rs/runtime:test".into()),
+            program_hash: "test".into(),
+            host_ca: None,
+            context_image: (!context.is_empty()).then(|| context.image()),
+            workdir_name: "test".into(),
+        },
+    )
+}
+
+/// The project's own build files (see their README).
+fn programs() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "envd"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A project directory holding `text` as build.envd and every context file the programs name.
+fn project_with_files(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("build.envd"), text).unwrap();
+    std::fs::write(p.join("requirements.txt"), "six\n").unwrap();
+    std::fs::write(p.join("environment.yml"), "dependencies:\n  - numpy\n").unwrap();
+    for (file, bytes) in [
+        ("data/a.csv", &b"x,y\n"[..]),
+        ("wheels/six-1.16.0-py2.py3-none-any.whl", b"PK"),
+        ("tools/hello.vsix", b"PK"),
+    ] {
+        std::fs::create_dir_all(p.join(file).parent().unwrap()).unwrap();
+        std::fs::write(p.join(file), bytes).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn our_programs_evaluate_and_compile() {
+    let all = programs();
+    assert!(all.len() >= 6, "{all:?}");
+    for (name, text) in all {
+        let dir = project_with_files(&text);
+        let graph = evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("cache"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let compiled = compile_for_test(dir.path(), &graph);
+        if name == "refused_rstudio.envd" {
+            let e = format!("{:#}", compiled.err().expect("rstudio compiles"));
+            assert!(e.contains("config.rstudio_server"), "{e}");
+        } else {
+            let c = compiled.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(c.definition.def.len() > 2, "{name}");
+        }
+    }
+}
+
+/// Every function of the v1 API is called by at least one of the project's programs; `include`
+/// is the one exception, covered by the tests that include a local git repository below.
+#[test]
+fn our_programs_cover_the_whole_api() {
+    let text: String = programs().into_iter().map(|(_, t)| t).collect();
+    let mut missing = Vec::new();
+    for (namespace, members) in namespace_members() {
+        for m in members {
+            let call = format!("{namespace}.{m}");
+            if m != "path" && !text.contains(&format!("{call}(")) {
+                missing.push(call);
+            }
+        }
+    }
+    for f in ["base", "shell", "run", "git_config"] {
+        if !text.contains(&format!("{f}(")) {
+            missing.push(f.to_string());
+        }
+    }
+    for p in ["data.path.huggingface", "data.path.dgl"] {
+        if !text.contains(p) {
+            missing.push(p.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no program in builder/tests/programs calls: {missing:?}"
+    );
 }
 
 fn eval_text(text: &str) -> Result<Graph, LangError> {
@@ -79,20 +178,7 @@ fn every_corpus_file_compiles_unless_it_needs_what_is_missing() {
         std::fs::copy(&path, work.path().join("build.envd")).unwrap();
         let graph = evaluate_with_cache(work.path(), &Entry::default(), &work.path().join("cache"))
             .unwrap();
-        let context = crate::build_context::collect(work.path(), &graph);
-        let result = context.and_then(|c| {
-            crate::compile::compile(
-                &graph,
-                &crate::compile::Inputs {
-                    env_name: "corpus".into(),
-                    runtime_image: Some("envd-rs/runtime:test".into()),
-                    program_hash: "test".into(),
-                    host_ca: None,
-                    context_image: (!c.is_empty()).then(|| c.image()),
-                    workdir_name: "corpus".into(),
-                },
-            )
-        });
+        let result = compile_for_test(work.path(), &graph);
         match (result, name.as_str()) {
             (Ok(_), n) if !NEEDS_CONTEXT_FILES.contains(&n) && n != "examples__r-basic.envd" => {
                 compiled += 1
