@@ -80,9 +80,37 @@ pub fn workdir_name(path: &Path) -> String {
         .unwrap_or_else(|| "envd".into())
 }
 
+/// The sha256 of a runtime binary. Hashing both binaries (7 MB) took half of `envd debug llb`'s
+/// time, so the digest is kept in the cache directory under the file's identity (path, device,
+/// inode, size, modification time): a rebuilt or replaced binary changes one of them.
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let identity = format!(
+        "{} {} {} {} {}.{}",
+        path.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let key = format!("{:x}", Sha256::digest(identity.as_bytes()));
+    let cached = crate::host::cache_dir().join("digests").join(&key[..32]);
+    if let Ok(digest) = std::fs::read_to_string(&cached) {
+        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(digest);
+        }
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let digest = format!("{:x}", Sha256::digest(&bytes));
+    // A cache that cannot be written only costs the next call the hashing again.
+    if let Some(dir) = cached.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::host::write_file(&cached, digest.as_bytes(), 0o644);
+    }
+    Ok(digest)
 }
 
 /// Hash of everything that decides the image: the evaluated program (so comments and blank

@@ -13,13 +13,24 @@ use ssh_key::{LineEnding, PrivateKey};
 /// envd's configuration directory: `$ENVD_CONFIG_DIR`, else `$XDG_CONFIG_HOME/envd`, else
 /// `~/.config/envd`.
 pub fn config_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ENVD_CONFIG_DIR") {
+    envd_dir("ENVD_CONFIG_DIR", "XDG_CONFIG_HOME", ".config")
+}
+
+/// envd's cache directory (derived data only, safe to delete): `$ENVD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/envd`, else `~/.cache/envd`.
+pub fn cache_dir() -> PathBuf {
+    envd_dir("ENVD_CACHE_DIR", "XDG_CACHE_HOME", ".cache")
+}
+
+/// `$own`, else `$xdg/envd`, else `~/home_relative/envd`.
+fn envd_dir(own: &str, xdg: &str, home_relative: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os(own) {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+    if let Some(d) = std::env::var_os(xdg) {
         return PathBuf::from(d).join("envd");
     }
-    home_dir().join(".config/envd")
+    home_dir().join(home_relative).join("envd")
 }
 
 /// `$HOME`, else the passwd entry's home directory.

@@ -65,7 +65,15 @@ pub fn locate(binary: &str) -> Result<PathBuf, RuntimeError> {
 
 /// Checks that `path` is an x86_64 ELF executable without an interpreter (statically linked).
 pub fn check_static(path: &Path) -> Result<(), RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|e| RuntimeError::Io(path.to_path_buf(), e))?;
+    use std::io::Read;
+    let io_error = |e| RuntimeError::Io(path.to_path_buf(), e);
+    // The program headers sit at the start of the file: read 64 KiB, not the whole binary
+    // (every `envd build` and `envd debug llb` checks both binaries).
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    file.take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     match elf_has_interpreter(&bytes) {
         Some(false) => Ok(()),
         Some(true) => Err(RuntimeError::NotStatic(path.to_path_buf())),

@@ -122,13 +122,10 @@ impl Default for Entry {
     }
 }
 
-/// The default cache for git includes: `~/.cache/envd/envdlib`.
+/// The default cache for git includes: `envdlib` in envd's cache directory
+/// ([`crate::host::cache_dir`]).
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("envd/envdlib")
+    crate::host::cache_dir().join("envdlib")
 }
 
 /// Evaluates `entry` in the build context `dir` and returns the graph.

@@ -78,7 +78,7 @@ fn our_programs_evaluate_and_compile() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let compiled = compile_for_test(dir.path(), &graph);
         if name == "refused_rstudio.envd" {
-            let e = format!("{:#}", compiled.err().expect("rstudio compiles"));
+            let e = format!("{:#}", compiled.expect_err("rstudio compiles"));
             assert!(e.contains("config.rstudio_server"), "{e}");
         } else {
             let c = compiled.unwrap_or_else(|e| panic!("{name}: {e:#}"));

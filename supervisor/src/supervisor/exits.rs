@@ -122,20 +122,7 @@ impl Supervisor {
         };
         s.note(how.to_string());
         s.health = Health::Unknown;
-        match after {
-            AfterStop::Stay => s.set_state(ServiceState::Stopped, how),
-            AfterStop::Restart => {
-                s.restarts += 1;
-                s.attempts_used = 0;
-                s.set_state(ServiceState::Pending, "restarting on request");
-            }
-            AfterStop::Replace(spec) => {
-                s.spec = Arc::new(*spec);
-                s.attempts_used = 0;
-                s.set_state(ServiceState::Pending, "changed on reload");
-            }
-            AfterStop::Remove => s.removed = true,
-        }
+        s.apply_after_stop(after, how, true);
         if self.phase.stopping() && !s.removed {
             s.set_state(ServiceState::Stopped, how);
         }

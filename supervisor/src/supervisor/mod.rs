@@ -192,6 +192,29 @@ impl Service {
         self.since = SystemTime::now();
     }
 
+    /// Applies what a stop was for, once nothing of the service runs; `was_running` says
+    /// whether a process was stopped (a restart of one counts as a restart).
+    fn apply_after_stop(&mut self, after: AfterStop, how: &str, was_running: bool) {
+        match after {
+            AfterStop::Stay => self.set_state(ServiceState::Stopped, how),
+            AfterStop::Restart => {
+                self.attempts_used = 0;
+                if was_running {
+                    self.restarts += 1;
+                    self.set_state(ServiceState::Pending, "restarting on request");
+                } else {
+                    self.set_state(ServiceState::Pending, "starting on request");
+                }
+            }
+            AfterStop::Replace(spec) => {
+                self.spec = Arc::new(*spec);
+                self.attempts_used = 0;
+                self.set_state(ServiceState::Pending, "changed on reload");
+            }
+            AfterStop::Remove => self.removed = true,
+        }
+    }
+
     /// Running and healthy, or finished successfully: what dependents wait for.
     fn satisfies_dependents(&self) -> bool {
         (self.state == ServiceState::Running && self.health == Health::Healthy)

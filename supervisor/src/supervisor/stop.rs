@@ -39,21 +39,9 @@ impl Supervisor {
                 s.timer_pending = false;
                 s.generation = self.next_generation;
                 self.next_generation += 1;
-                match after {
-                    AfterStop::Stay => s.set_state(ServiceState::Stopped, "stopped"),
-                    AfterStop::Restart => {
-                        s.attempts_used = 0;
-                        s.set_state(ServiceState::Pending, "starting on request");
-                    }
-                    AfterStop::Replace(spec) => {
-                        s.spec = Arc::new(*spec);
-                        s.attempts_used = 0;
-                        s.set_state(ServiceState::Pending, "changed on reload");
-                    }
-                    AfterStop::Remove => {
-                        s.removed = true;
-                        self.services.retain(|s| !s.removed || s.pid.is_some());
-                    }
+                s.apply_after_stop(after, "stopped", false);
+                if s.removed {
+                    self.services.retain(|s| !s.removed || s.pid.is_some());
                 }
             }
         }
