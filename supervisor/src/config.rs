@@ -18,26 +18,8 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A problem in one service file, located to a line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// 1-based line number (0 when the problem is about the file as a whole).
-    pub line: usize,
-    /// What is wrong, in words.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
-        }
-    }
-}
+/// A problem in one service file, located to a line (the type build files use too).
+pub type ConfigError = crate::located::Located;
 
 /// All problems found while loading a set of service directories.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -584,6 +566,7 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
     let err_at = |offset: usize, message: String| ConfigError {
         file: file.to_path_buf(),
         line: line_of(&text, offset),
+        column: 0,
         message,
     };
     let raw: RawService = toml::from_str(&text).map_err(|e| {
@@ -591,6 +574,7 @@ fn parse_located(file: &Path, original: &str) -> Result<Located, ConfigError> {
         ConfigError {
             file: file.to_path_buf(),
             line,
+            column: 0,
             message: e.message().trim().to_string(),
         }
     })?;
@@ -769,6 +753,7 @@ pub fn service_files(dirs: &[(PathBuf, bool)]) -> Result<Vec<PathBuf>, ConfigErr
             Err(e) => errors.push(ConfigError {
                 file: dir.clone(),
                 line: 0,
+                column: 0,
                 message: format!("cannot read the services directory: {e}"),
             }),
         }
@@ -795,6 +780,7 @@ pub fn load(dirs: &[(PathBuf, bool)]) -> Result<Vec<ServiceSpec>, ConfigErrors> 
             Err(e) => errors.push(ConfigError {
                 file: file.clone(),
                 line: 0,
+                column: 0,
                 message: format!("cannot read: {e}"),
             }),
         }
@@ -846,6 +832,7 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
                     .find("name")
                     .map(|o| line_of(&l.text, o))
                     .unwrap_or(0),
+                column: 0,
                 message: format!(
                     "service name {:?} is already used by {}",
                     l.spec.name,
@@ -885,12 +872,14 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
                     errors.push(ConfigError {
                         file: l.spec.file.clone(),
                         line: line_of(&l.text, offset),
+                        column: 0,
                         message: format!("{key} names an unknown service {dep:?}{hint}"),
                     });
                 } else if dep == &l.spec.name {
                     errors.push(ConfigError {
                         file: l.spec.file.clone(),
                         line: line_of(&l.text, offset),
+                        column: 0,
                         message: format!("{key} names the service itself"),
                     });
                 }
@@ -915,6 +904,7 @@ fn validate(located: &[Located], errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError {
                 file: first.spec.file.clone(),
                 line: line_of(&first.text, offset),
+                column: 0,
                 message: format!("{key} forms a cycle: {}", cycle.join(" -> ")),
             });
         }

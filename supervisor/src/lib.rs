@@ -30,6 +30,7 @@ pub mod diagnostics;
 pub mod guard;
 pub mod health;
 pub mod identity;
+pub mod located;
 pub mod reaper;
 pub mod service_logs;
 pub mod spawn;

@@ -298,11 +298,17 @@ fn debug_llb_prints_ops_and_config_without_building() {
         "{t}"
     );
     // A reader that goes away early ends envd quietly with SIGPIPE's status, as other tools.
+    // The listing is made larger than a pipe's buffer, so envd is still writing when `head`
+    // has gone.
+    let big = project(
+        "e2ellbpipe",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    run(commands=[\"echo \" + \"x\" * 300000])\n",
+    );
     let piped = std::process::Command::new("bash")
         .arg("-c")
         .arg(r#""$0" debug llb --path "$1" | head -1 >/dev/null; echo "${PIPESTATUS[0]}""#)
         .arg(envd_e2e::runtime_dir().join("envd"))
-        .arg(&dir)
+        .arg(big.path().join("e2ellbpipe"))
         .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
         .output()
         .unwrap();

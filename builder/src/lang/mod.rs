@@ -7,7 +7,6 @@ mod api;
 mod include;
 
 use std::cell::RefCell;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use starlark::any::ProvidesStaticType;
@@ -17,34 +16,8 @@ use starlark::syntax::{AstModule, Dialect};
 
 use crate::graph::{Graph, Language};
 
-/// A problem in a build file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LangError {
-    /// The file (as given).
-    pub file: String,
-    /// 1-based line (0: the file as a whole).
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for LangError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
-        }
-    }
-}
-
-impl std::error::Error for LangError {}
+/// A problem in a build file: `FILE:LINE:COLUMN: message`, as service files report theirs.
+pub type LangError = envd_supervisor::located::Located;
 
 /// State shared by every built-in during one evaluation (the evaluator's `extra`).
 #[derive(ProvidesStaticType)]
@@ -141,26 +114,21 @@ pub fn evaluate_with_cache(
 ) -> Result<Graph, LangError> {
     let path = dir.join(&entry.file);
     let shown = path.display().to_string();
-    let whole = |message: String| LangError {
-        file: shown.clone(),
-        line: 0,
-        column: 0,
-        message,
-    };
+    let whole = |message: String| LangError::at(&path, 0, message);
     let bytes = std::fs::read(&path).map_err(|e| whole(format!("cannot read: {e}")))?;
     let source = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
         let column = valid.len() - valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
         LangError {
-            file: shown.clone(),
+            file: path.clone(),
             line,
             column,
             message: "not UTF-8 text (build files are UTF-8)".into(),
         }
     })?;
     check_version(&source).map_err(|m| LangError {
-        file: shown.clone(),
+        file: path.clone(),
         line: 1,
         column: 1,
         message: m,
@@ -204,7 +172,7 @@ pub fn evaluate_with_cache(
             if err.line == 0 {
                 // Calling the function itself failed (it takes parameters): point at its `def`.
                 let def = format!("def {}", entry.function);
-                err.file = shown.clone();
+                err.file = path.clone();
                 err.line = text
                     .lines()
                     .position(|l| l.contains(&def))
@@ -228,7 +196,7 @@ pub fn evaluate_with_cache(
             })
             .unwrap_or((1, 1));
         LangError {
-            file: shown.clone(),
+            file: path.clone(),
             line,
             column,
             message,
@@ -322,14 +290,14 @@ fn from_starlark(e: starlark::Error) -> LangError {
         Some(span) => {
             let r = span.resolve();
             LangError {
-                file: r.file,
+                file: r.file.into(),
                 line: r.span.begin.line + 1,
                 column: r.span.begin.column + 1,
                 message,
             }
         }
         None => LangError {
-            file: String::new(),
+            file: PathBuf::new(),
             line: 0,
             column: 0,
             message,
