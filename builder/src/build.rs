@@ -233,10 +233,10 @@ pub async fn build(
     let tag = opts.output.name(&tag).to_string();
     let exporter = exporter(opts)?;
     let docker = docker::connect().await?;
-    let outcome = |digest: String, output_note| Outcome {
+    let outcome = |up_to_date: bool, digest: String, output_note| Outcome {
         tag: tag.clone(),
         program_hash: plan.program_hash.clone(),
-        up_to_date: digest.is_empty(),
+        up_to_date,
         digest,
         elapsed: started.elapsed(),
         graph: plan.graph.clone(),
@@ -245,7 +245,7 @@ pub async fn build(
 
     if !opts.force && image_is_current(&docker, &tag, &plan.program_hash).await? {
         let note = crate::output::finish(&opts.output, &tag).await?;
-        return Ok(outcome(String::new(), note));
+        return Ok(outcome(true, String::new(), note));
     }
     if let Some(r) = &plan.runtime {
         docker::ensure_runtime_image(&docker, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
@@ -262,7 +262,7 @@ pub async fn build(
     } else {
         None
     };
-    Ok(outcome(digest, note))
+    Ok(outcome(false, digest, note))
 }
 
 /// Solves the plan's LLB on the builder and exports it as `tag`; returns the image digest and the
