@@ -365,8 +365,6 @@ impl Runner for DockerRunner {
     /// second instead of waiting out its timeout.
     async fn stopped(&self, env: &Environment) -> anyhow::Error {
         let (docker, id, name) = (&self.docker, env.id.as_str(), env.name.as_str());
-        use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
-        use futures_util::StreamExt;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let state = match docker
