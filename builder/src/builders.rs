@@ -1,6 +1,8 @@
-//! `envd context`: named builders (Docker's embedded BuildKit, or a buildkitd on unix/tcp), one
-//! of them current, kept in `contexts.toml` in envd's config directory. `envd build` and
-//! `envd up` use the current context unless `--builder` says otherwise.
+//! `envd context`: named builders (Docker's embedded BuildKit, or a buildkitd on unix/tcp) and
+//! runners (the local Docker engine, or a Kubernetes cluster), one context current, kept in
+//! `contexts.toml` in envd's config directory. `envd build` and `envd up` use the current
+//! context unless `--builder` says otherwise; `envd up`, `ls`, `describe`, `logs`, `exec` and
+//! `down` act on its runner.
 
 use std::path::PathBuf;
 
@@ -22,6 +24,9 @@ pub struct BuilderContext {
     /// The socket or address (`unix:///...`, `tcp://host:port`); empty for the Docker socket.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub builder_address: String,
+    /// Where environments run when not on the local Docker engine: a Kubernetes cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::env::kube::KubeTarget>,
 }
 
 impl BuilderContext {
@@ -53,6 +58,7 @@ impl Default for Contexts {
                 name: DEFAULT.into(),
                 builder: "moby-worker".into(),
                 builder_address: String::new(),
+                kubernetes: None,
             }],
         }
     }
@@ -128,6 +134,15 @@ impl Contexts {
             bail!("a context named {:?} exists; remove it first", ctx.name);
         }
         ctx.to_builder()?;
+        if let Some(k) = &ctx.kubernetes {
+            if k.registry.is_empty() || k.registry.contains('/') {
+                bail!(
+                    "context {:?}: --registry must be HOST[:PORT] of a registry the cluster's nodes pull from, got {:?}",
+                    ctx.name,
+                    k.registry
+                );
+            }
+        }
         if make_current {
             self.current = ctx.name.clone();
         }
@@ -169,6 +184,7 @@ mod tests {
             name: name.into(),
             builder: "tcp".into(),
             builder_address: "tcp://127.0.0.1:1234".into(),
+            kubernetes: None,
         }
     }
 
@@ -199,6 +215,7 @@ mod tests {
             name: "x".into(),
             builder: "tcp".into(),
             builder_address: String::new(),
+            kubernetes: None,
         };
         assert!(c.create(bad, false).is_err());
     }

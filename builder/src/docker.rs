@@ -312,3 +312,31 @@ mod tests {
         assert!(listing.contains(&format!("dir/far -> {far}")), "{listing}");
     }
 }
+
+/// Tags the local image `image` as `reference` (`HOST/REPO:TAG`) and pushes it; the engine's
+/// error (an unreachable or refusing registry) is said with the registry's address.
+pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Result<()> {
+    use bollard::query_parameters::{PushImageOptions, TagImageOptions};
+    let (repo, tag) = reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .with_context(|| format!("{reference}: expected REPOSITORY:TAG"))?;
+    let tag_options = TagImageOptions {
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    (docker.tag_image(image, Some(tag_options)).await)
+        .with_context(|| format!("cannot tag {image} as {reference}"))?;
+    let options = PushImageOptions {
+        tag: Some(tag.to_string()),
+        ..Default::default()
+    };
+    let mut stream = docker.push_image(repo, Some(options), None);
+    while let Some(msg) = stream.next().await {
+        let msg = msg.with_context(|| format!("cannot push {reference}"))?;
+        if let Some(e) = msg.error_detail.and_then(|d| d.message) {
+            bail!("cannot push {reference}: {e}");
+        }
+    }
+    Ok(())
+}

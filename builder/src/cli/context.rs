@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use envd_builder::builders::{BuilderContext, Contexts};
+use envd_builder::env::kube::KubeTarget;
 
 /// `envd context`'s subcommands.
 #[derive(Subcommand)]
@@ -19,6 +20,21 @@ pub enum Command {
         /// unix:///path/to/buildkitd.sock or tcp://host:port.
         #[arg(long)]
         builder_address: Option<String>,
+        /// Where environments run: docker (the local engine) or kubernetes.
+        #[arg(long, default_value = "docker", value_parser = ["docker", "kubernetes"])]
+        runner: String,
+        /// The cluster's kubeconfig (default: $KUBECONFIG, else ~/.kube/config).
+        #[arg(long, requires = "registry")]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// The namespace (default: the kubeconfig context's, else `default`).
+        #[arg(long, requires = "registry")]
+        namespace: Option<String>,
+        /// HOST[:PORT] of the registry images are pushed to and the nodes pull from.
+        #[arg(long)]
+        registry: Option<String>,
+        /// The storage class of the environments' volume claims (default: the cluster's).
+        #[arg(long, requires = "registry")]
+        storage_class: Option<String>,
         /// Make it the current context.
         #[arg(long = "use")]
         use_it: bool,
@@ -47,12 +63,31 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             name,
             builder,
             builder_address,
+            runner,
+            kubeconfig,
+            namespace,
+            registry,
+            storage_class,
             use_it,
         } => {
+            let kubernetes = match (runner.as_str(), registry) {
+                ("kubernetes", Some(registry)) => Some(KubeTarget {
+                    kubeconfig: kubeconfig.map(std::path::absolute).transpose()?,
+                    namespace,
+                    registry,
+                    storage_class,
+                }),
+                ("kubernetes", None) => anyhow::bail!(
+                    "--runner kubernetes needs --registry HOST[:PORT]: the cluster's nodes pull the environment's image from there"
+                ),
+                (_, Some(_)) => anyhow::bail!("--registry, --kubeconfig, --namespace and --storage-class are for --runner kubernetes"),
+                _ => None,
+            };
             let context = BuilderContext {
                 name: name.clone(),
                 builder,
                 builder_address: builder_address.unwrap_or_default(),
+                kubernetes,
             };
             all.create(context, use_it)?;
             all.save()?;
@@ -75,7 +110,13 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(all: &Contexts) {
-    envd_builder::say!("{:<2}{:<16} {:<12} ADDRESS", "", "NAME", "BUILDER");
+    envd_builder::say!(
+        "{:<2}{:<16} {:<12} {:<40} RUNNER",
+        "",
+        "NAME",
+        "BUILDER",
+        "ADDRESS"
+    );
     for c in &all.contexts {
         let mark = if c.name == all.current { "*" } else { "" };
         let address = if c.builder_address.is_empty() && c.builder == "moby-worker" {
@@ -86,6 +127,19 @@ fn print_table(all: &Contexts) {
         } else {
             c.builder_address.clone()
         };
-        envd_builder::say!("{mark:<2}{:<16} {:<12} {address}", c.name, c.builder);
+        let runner = match &c.kubernetes {
+            Some(k) => format!(
+                "kubernetes ({}, namespace {}, registry {})",
+                k.kubeconfig_path().display(),
+                k.namespace.as_deref().unwrap_or("from the kubeconfig"),
+                k.registry
+            ),
+            None => "docker".to_string(),
+        };
+        envd_builder::say!(
+            "{mark:<2}{:<16} {:<12} {address:<40} {runner}",
+            c.name,
+            c.builder
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod build;
 pub mod context;
 pub mod debug;
 pub mod env;
+pub mod kube;
 pub mod up;
 
 use std::process::ExitCode;
@@ -49,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         what: debug::Command,
     },
+    /// `ssh NAME.envd`'s ProxyCommand for an environment on a cluster.
+    #[command(hide = true)]
+    KubeProxy(kube::ProxyArgs),
+    /// The port forwarder of an environment on a cluster (started by `envd up`).
+    #[command(hide = true)]
+    KubeForward(kube::ForwardArgs),
 }
 
 impl Cli {
@@ -64,6 +71,8 @@ impl Cli {
             Command::Down(args) => env::down(args),
             Command::Context { what } => context::run(what),
             Command::Debug { what } => debug::run(what),
+            Command::KubeProxy(args) => kube::proxy(args),
+            Command::KubeForward(args) => kube::serve(args),
         }
     }
 }

@@ -33,8 +33,50 @@ pub struct Args {
     /// How long to wait for every service to be healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
+    /// CPUs the environment may use (e.g. 1.5).
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<String>,
+    /// Memory the environment may use: bytes, or with a unit (512Mi, 4Gi, 2G).
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<i64>,
     #[command(flatten)]
     builder: super::BuilderArgs,
+}
+
+fn parse_cpus(s: &str) -> Result<String, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(s.to_string()),
+        _ => Err(format!(
+            "expected a positive number of CPUs such as 2 or 0.5, got {s:?}"
+        )),
+    }
+}
+
+/// `4Gi`, `512Mi`, `2G`, `1000` (bytes).
+fn parse_memory(s: &str) -> Result<i64, String> {
+    let units = [
+        ("Ki", 1i64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1000),
+        ("K", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (number, factor) = units
+        .iter()
+        .find_map(|(u, f)| s.strip_suffix(u).map(|n| (n, *f)))
+        .unwrap_or((s, 1));
+    match number.parse::<i64>() {
+        Ok(n) if n > 0 => n
+            .checked_mul(factor)
+            .ok_or_else(|| format!("{s:?} is too large")),
+        _ => Err(format!(
+            "expected a size such as 4Gi, 512Mi or 2G, got {s:?}"
+        )),
+    }
 }
 
 /// Builds, starts, prints the endpoints, then opens `ssh NAME.envd` unless detached.
@@ -58,6 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         volumes,
         timeout: args.timeout,
         recreate: args.force,
+        cpus: args.cpus,
+        memory_bytes: args.memory,
     };
     let show_service = |s: &envd_supervisor::proto::supervisor::ServiceStatus,
                         at: std::time::Duration| {

@@ -129,7 +129,10 @@ pub fn print_table(rows: &[Row]) {
             }
             [
                 r.env.name.clone(),
-                r.env.status.clone(),
+                match &r.env.node {
+                    Some(node) => format!("{} on {node}", r.env.status),
+                    None => r.env.status.clone(),
+                },
                 services,
                 endpoints.join(" "),
                 r.env.image.clone(),
@@ -272,6 +275,7 @@ pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
         Err(e) => {
             // A leftover entry or volumes of an environment removed by other means still go.
             let left = runner.volumes(name, false).await?;
+            runner.forget(name).await?;
             if ssh::has_entry(name) || (volumes && !left.is_empty()) {
                 ssh::remove_environment(name)?;
                 crate::say!("{name}: no container; removed its SSH entry");

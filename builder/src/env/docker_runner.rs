@@ -123,6 +123,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
             .and_then(|s| s.status)
             .map(|s| s.to_string())
             .unwrap_or_default(),
+        node: None,
         context: labels.get(LABEL_CONTEXT).cloned(),
         workdir: config.working_dir.clone().unwrap_or_default(),
         endpoints,
@@ -176,6 +177,12 @@ fn container_body(spec: &EnvSpec) -> ContainerCreateBody {
             port_bindings: Some(ports),
             binds: Some(binds.collect()),
             shm_size: spec.shm_bytes,
+            nano_cpus: spec
+                .cpus
+                .as_deref()
+                .and_then(|c| c.parse::<f64>().ok())
+                .map(|c| (c * 1e9) as i64),
+            memory: spec.memory_bytes,
             device_requests,
             ..Default::default()
         }),

@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod docker_runner;
 pub mod health;
+pub mod kube;
 pub mod runner;
 pub mod spec;
 pub mod ssh;
@@ -38,7 +39,7 @@ pub fn container_name(name: &str) -> String {
 }
 
 /// A service published on the host.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     /// What it is: `ssh`, `jupyter`, `api` or the `runtime.expose` service name.
     pub service: String,
@@ -59,8 +60,11 @@ pub struct Environment {
     pub id: String,
     /// Image reference.
     pub image: String,
-    /// Docker's state: `running`, `exited`, ...
+    /// Its state: `running`, `exited`, ... (Docker's; a pod's phase on a cluster).
     pub status: String,
+    /// The cluster node it runs on (none on Docker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Build context on the host, when started by `envd up`.
     pub context: Option<String>,
     /// Working directory inside.

@@ -38,6 +38,12 @@ pub struct EnvSpec {
     pub shm_bytes: Option<i64>,
     /// GPUs asked for (`config.gpu`).
     pub gpus: Option<i64>,
+    /// CPUs it may use (`envd up --cpus`, e.g. `1.5`).
+    pub cpus: Option<String>,
+    /// Memory it may use in bytes (`envd up --memory`).
+    pub memory_bytes: Option<i64>,
+    /// The build file's `runtime.*` (commands, exposed ports).
+    pub runtime: crate::graph::Runtime,
 }
 
 /// A port of the environment published to the host.
@@ -272,6 +278,9 @@ pub fn spec(
         ports,
         shm_bytes: graph.config.shm_size.map(|mb| mb as i64 * 1024 * 1024),
         gpus: graph.config.gpu.filter(|n| *n != 0).map(|n| n as i64),
+        cpus: None,
+        memory_bytes: None,
+        runtime: graph.runtime.clone(),
     })
 }
 

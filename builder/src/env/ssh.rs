@@ -104,11 +104,24 @@ fn replace_block(text: &str, alias: &str, block: Option<&str>) -> String {
     out
 }
 
+/// How OpenSSH reaches an environment's sshd.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// A port on 127.0.0.1 (Docker publishes sshd there).
+    Port(u16),
+    /// A `ProxyCommand` that relays to sshd (a cluster's port-forward: `envd kube-proxy`).
+    Proxy(String),
+}
+
 /// The `Host` entry for one environment.
-pub fn host_entry(name: &str, port: u16) -> String {
+pub fn host_entry(name: &str, route: &Route) -> String {
     let alias = host_alias(name);
+    let reach = match route {
+        Route::Port(port) => format!("  HostName 127.0.0.1\n  Port {port}\n"),
+        Route::Proxy(command) => format!("  ProxyCommand {command}\n"),
+    };
     format!(
-        "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User envd\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n  ForwardAgent yes\n",
+        "Host {alias}\n{reach}  User envd\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n  ForwardAgent yes\n",
         key_path().display(),
         known_hosts_path().display(),
     )
@@ -116,7 +129,7 @@ pub fn host_entry(name: &str, port: u16) -> String {
 
 /// Records an environment: pins its host key and writes its `Host` entry, and makes sure the
 /// user's `~/.ssh/config` includes envd's file.
-pub fn add_environment(name: &str, port: u16, host_key: &str) -> anyhow::Result<()> {
+pub fn add_environment(name: &str, route: &Route, host_key: &str) -> anyhow::Result<()> {
     let host_key = plain_host_key(host_key)
         .with_context(|| format!("the environment {name} offers an unusable SSH host key"))?;
     let host_key = host_key.as_str();
@@ -127,7 +140,11 @@ pub fn add_environment(name: &str, port: u16, host_key: &str) -> anyhow::Result<
     let text = replace_known_host(&read_or_empty(&kh)?, &alias, Some(host_key.trim()));
     write_file(&kh, text.as_bytes(), 0o644)?;
     let cfg = ssh_config_path();
-    let text = replace_block(&read_or_empty(&cfg)?, &alias, Some(&host_entry(name, port)));
+    let text = replace_block(
+        &read_or_empty(&cfg)?,
+        &alias,
+        Some(&host_entry(name, route)),
+    );
     write_file(&cfg, text.as_bytes(), 0o644)?;
     ensure_include()
 }

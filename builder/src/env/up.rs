@@ -26,6 +26,10 @@ pub struct UpOptions {
     pub timeout: Duration,
     /// Recreate the container even when it runs the current image.
     pub recreate: bool,
+    /// CPUs (`--cpus`, e.g. `1.5`).
+    pub cpus: Option<String>,
+    /// Memory in bytes (`--memory`).
+    pub memory_bytes: Option<i64>,
 }
 
 /// What `envd up` did.
@@ -79,12 +83,14 @@ pub async fn up(
     if !outcome.graph.dev {
         bail!("envd up needs a development image: base(..., dev=True) in build.envd");
     }
-    let reused = keep_or_clear(&runner, opts, name, &outcome.tag).await?;
+    let image = runner.publish(&outcome.tag).await?;
+    let reused = keep_or_clear(&runner, opts, name, &image).await?;
     let started = Instant::now();
     if !reused {
-        create(&runner, opts, name, &context, &outcome).await?;
+        create(&runner, opts, name, &context, &outcome, &image).await?;
     }
     let env = runner::find(&runner, name).await?;
+    let env = runner.ready_to_reach(&env).await?;
     let (services, ssh_ready) =
         wait_until_ready(&runner, &env, opts.timeout, started, show).await?;
     Ok(Up {
@@ -129,6 +135,7 @@ async fn create(
     name: &str,
     context: &Path,
     outcome: &build::Outcome,
+    image: &str,
 ) -> anyhow::Result<()> {
     // The key envd-sshd accepts is mounted from here, never baked into the image.
     crate::host::ensure_user_key()?;
@@ -137,7 +144,9 @@ async fn create(
         named.push((runner.ensure_volume(name, &key, &path).await?, path));
     }
     let graph = &outcome.graph;
-    let spec = spec::spec(name, &outcome.tag, context, graph, &opts.volumes, &named)?;
+    let mut spec = spec::spec(name, image, context, graph, &opts.volumes, &named)?;
+    spec.cpus = opts.cpus.clone();
+    spec.memory_bytes = opts.memory_bytes;
     runner.create(&spec).await
 }
 
@@ -158,10 +167,7 @@ async fn wait_until_ready(
         let host_key = exec_output(runner, env, &["cat", &format!("{HOST_KEY}.pub")])
             .await
             .context("cannot read the environment's SSH host key")?;
-        let port = env
-            .port("ssh")
-            .context("the environment publishes no SSH port")?;
-        ssh::add_environment(name, port, &host_key)?;
+        ssh::add_environment(name, &runner.ssh_route(env)?, &host_key)?;
         anyhow::Ok(ready_at)
     };
     let waits = async { tokio::join!(health::wait_ready(env, timeout, &mut show), ssh_entry) };
