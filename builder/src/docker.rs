@@ -340,3 +340,19 @@ pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Resu
     }
     Ok(())
 }
+
+/// Removes one tag of an image (the image stays under its other names).
+pub async fn untag(docker: &Docker, reference: &str) -> anyhow::Result<()> {
+    use bollard::query_parameters::RemoveImageOptions;
+    let options = RemoveImageOptions {
+        noprune: true,
+        ..Default::default()
+    };
+    match docker.remove_image(reference, Some(options), None).await {
+        Ok(_) => Ok(()),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot untag {reference}")),
+    }
+}

@@ -392,14 +392,22 @@ impl Runner for KubeRunner {
         Ok(image.to_string())
     }
 
-    /// Tags the local image by its id in the context's registry and pushes it there.
+    /// Tags the local image by its id in the context's registry and pushes it there. The tag
+    /// is removed here afterwards: the node pulls from the registry, even when it shares this
+    /// machine's engine (as the test cluster's does), so what works here works on a real cluster.
     async fn publish(&self, image: &str) -> anyhow::Result<String> {
         let docker = crate::docker::connect().await?;
         let id = crate::docker::image_id(&docker, image).await?;
         let short = id.trim_start_matches("sha256:");
         let repo = image.split(':').next().unwrap_or(image);
         let reference = format!("{}/envd/{repo}:{}", self.target.registry, &short[..12]);
+        let started = std::time::Instant::now();
         crate::docker::push(&docker, image, &reference).await?;
+        crate::docker::untag(&docker, &reference).await?;
+        crate::say!(
+            "pushed {reference} in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(reference)
     }
 
