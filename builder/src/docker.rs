@@ -278,41 +278,6 @@ pub async fn get_json(path: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tar_is_readable_by_tar() {
-        let mut t = tar_builder();
-        append_file(&mut t, "hello", b"hi\n", 0o755).unwrap();
-        append_dir(&mut t, "dir", 0o755).unwrap();
-        append_link(&mut t, "dir/link", "../hello").unwrap();
-        let long = format!("dir/{}/{}", "a".repeat(90), "b".repeat(160));
-        append_file(&mut t, &long, b"long\n", 0o644).unwrap();
-        let far = format!("../{}", "c".repeat(150));
-        append_link(&mut t, "dir/far", &far).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("x.tar"), t.into_inner().unwrap()).unwrap();
-        let out = std::process::Command::new("tar")
-            .arg("-tvf")
-            .arg(dir.path().join("x.tar"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(listing.contains("hello"));
-        assert!(listing.contains(&long), "{listing}");
-        assert!(listing.contains("drwxr-xr-x"), "{listing}");
-        assert!(listing.contains("dir/link -> ../hello"), "{listing}");
-        assert!(listing.contains(&format!("dir/far -> {far}")), "{listing}");
-    }
-}
-
 /// Tags the local image `image` as `reference` (`HOST/REPO:TAG`) and pushes it; the engine's
 /// error (an unreachable or refusing registry) is said with the registry's address.
 pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Result<()> {
@@ -354,5 +319,40 @@ pub async fn untag(docker: &Docker, reference: &str) -> anyhow::Result<()> {
             status_code: 404, ..
         }) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot untag {reference}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_is_readable_by_tar() {
+        let mut t = tar_builder();
+        append_file(&mut t, "hello", b"hi\n", 0o755).unwrap();
+        append_dir(&mut t, "dir", 0o755).unwrap();
+        append_link(&mut t, "dir/link", "../hello").unwrap();
+        let long = format!("dir/{}/{}", "a".repeat(90), "b".repeat(160));
+        append_file(&mut t, &long, b"long\n", 0o644).unwrap();
+        let far = format!("../{}", "c".repeat(150));
+        append_link(&mut t, "dir/far", &far).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.tar"), t.into_inner().unwrap()).unwrap();
+        let out = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg(dir.path().join("x.tar"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("hello"));
+        assert!(listing.contains(&long), "{listing}");
+        assert!(listing.contains("drwxr-xr-x"), "{listing}");
+        assert!(listing.contains("dir/link -> ../hello"), "{listing}");
+        assert!(listing.contains(&format!("dir/far -> {far}")), "{listing}");
     }
 }

@@ -319,7 +319,7 @@ impl Runner for DockerRunner {
         }))
     }
 
-    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<()> {
+    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<std::time::Instant> {
         let container = container_name(&spec.name);
         let options = CreateContainerOptions {
             name: Some(container.clone()),
@@ -334,7 +334,7 @@ impl Runner for DockerRunner {
             let _ = self.discard(&spec.name).await;
             return Err(start_error(e));
         }
-        Ok(())
+        Ok(std::time::Instant::now())
     }
 
     async fn remove(&self, env: &Environment, grace: Duration) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! reports in [`Environment::endpoints`] (envd-init's API, Jupyter, VS Code), and SSH through
 //! [`Runner::ssh_route`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::spec::EnvSpec;
 use super::volumes::Volume;
@@ -41,8 +41,9 @@ pub trait Runner {
     }
     /// What holds the environment's place now, if anything.
     async fn existing(&self, name: &str) -> anyhow::Result<Option<Existing>>;
-    /// Makes and starts the environment; on failure nothing of it is left.
-    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<()>;
+    /// Makes and starts the environment; returns when its envd-init started (as near as the
+    /// runner can tell). On failure nothing of it is left but its volumes.
+    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<Instant>;
     /// Stops the environment (envd-init stops its services in order, within `grace`) and
     /// removes it. Its volumes stay.
     async fn remove(&self, env: &Environment, grace: Duration) -> anyhow::Result<()>;
@@ -144,7 +145,7 @@ impl Runner for AnyRunner {
     async fn existing(&self, name: &str) -> anyhow::Result<Option<Existing>> {
         each!(self, r => r.existing(name).await)
     }
-    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<()> {
+    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<Instant> {
         each!(self, r => r.create(spec).await)
     }
     async fn remove(&self, env: &Environment, grace: Duration) -> anyhow::Result<()> {

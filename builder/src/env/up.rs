@@ -85,10 +85,11 @@ pub async fn up(
     }
     let image = runner.publish(&outcome.tag).await?;
     let reused = keep_or_clear(&runner, opts, name, &image).await?;
-    let started = Instant::now();
-    if !reused {
-        create(&runner, opts, name, &context, &outcome, &image).await?;
-    }
+    let started = if reused {
+        Instant::now()
+    } else {
+        create(&runner, opts, name, &context, &outcome, &image).await?
+    };
     let env = runner::find(&runner, name).await?;
     let env = runner.ready_to_reach(&env).await?;
     let (services, ssh_ready) =
@@ -136,7 +137,7 @@ async fn create(
     context: &Path,
     outcome: &build::Outcome,
     image: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Instant> {
     // The key envd-sshd accepts is mounted from here, never baked into the image.
     crate::host::ensure_user_key()?;
     let mut named = Vec::new();

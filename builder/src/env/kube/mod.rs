@@ -428,7 +428,7 @@ impl Runner for KubeRunner {
         }))
     }
 
-    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<()> {
+    async fn create(&self, spec: &EnvSpec) -> anyhow::Result<std::time::Instant> {
         let (uid, name) = (owner().0, spec.name.as_str());
         let pod = self.pod_of(name);
         let runtime = serde_json::to_string(&spec_runtime(spec))?;
@@ -466,9 +466,10 @@ impl Runner for KubeRunner {
             let _ = self.delete_pod(&pod, Duration::ZERO).await;
             return Err(e);
         }
+        let started = std::time::Instant::now();
         workdir::fill_once(self, spec, &pod, &work).await?;
         forward::spawn(&self.context, name, &pod, &Self::listens(spec))?;
-        Ok(())
+        Ok(started)
     }
 
     async fn remove(&self, env: &Environment, grace: Duration) -> anyhow::Result<()> {

@@ -151,7 +151,7 @@ pub async fn until_running(
                 "the pod {pod} was not running after {timeout:?} (phase {phase}); events: {events}"
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
