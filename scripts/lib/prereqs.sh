@@ -3,8 +3,7 @@
 
 APT_PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv curl ca-certificates
               musl-tools tini dumb-init iproute2 procps util-linux hyperfine
-              zsh fish git chromium fonts-dejavu-core docker-registry
-              kubernetes-client socat openssl)
+              zsh fish git chromium fonts-dejavu-core docker-registry socat openssl)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -16,8 +15,11 @@ need_root() {
 }
 
 install_packages() {
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  local missing=() wanted=("${APT_PACKAGES[@]}")
+  # kubectl for the cluster tests: Debian's kubernetes-client, unless one is installed already
+  # (another package's kubectl would conflict with it).
+  command -v kubectl >/dev/null 2>&1 || wanted+=(kubernetes-client)
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
