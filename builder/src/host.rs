@@ -54,9 +54,32 @@ pub fn key_path() -> PathBuf {
     config_dir().join("id_ed25519")
 }
 
+/// An exclusive lock on envd's configuration directory, held while a file the user keeps is read,
+/// changed and written back (SSH entries, pinned keys, the key pair): two `envd up` at once must
+/// not lose each other's entry or end with mismatched key halves. Released when dropped.
+pub struct ConfigLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Takes [`ConfigLock`], waiting for another envd that holds it.
+pub fn lock_config() -> anyhow::Result<ConfigLock> {
+    let dir = config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))?;
+    Ok(ConfigLock(lock))
+}
+
 /// Returns the public key (OpenSSH one-line form), creating the key pair (ed25519, private part
-/// mode 0600) the first time.
+/// mode 0600) the first time, under [`lock_config`].
 pub fn ensure_user_key() -> anyhow::Result<String> {
+    let _lock = lock_config()?;
     let path = key_path();
     let public = path.with_extension("pub");
     if path.exists() {
@@ -104,7 +127,7 @@ fn through_links(path: &Path) -> PathBuf {
 /// file.
 pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let path = &through_links(path);
-    let tmp = path.with_extension("envd-tmp");
+    let tmp = path.with_extension(format!("envd-tmp.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -118,14 +141,30 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result
     Ok(())
 }
 
+/// Held by the unit tests that point `ENVD_CONFIG_DIR` somewhere: the variable is the whole
+/// process's, and `cargo test` runs tests as threads of one process.
+#[cfg(test)]
+pub(crate) static TEST_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_key_pair_is_made_once_and_private() {
+        let _env = TEST_ENV.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         std::env::set_var("ENVD_CONFIG_DIR", dir.path());
+        // Made by many at once (two first `envd up`s): one key pair, both halves matching.
+        let keys: Vec<String> = (0..8)
+            .map(|_| std::thread::spawn(|| ensure_user_key().unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let private = PrivateKey::read_openssh_file(&key_path()).unwrap();
+        assert_eq!(private.public_key().to_openssh().unwrap(), keys[0]);
         let a = ensure_user_key().unwrap();
         let b = ensure_user_key().unwrap();
         assert_eq!(a, b);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::host::{config_dir, key_path, passwd_home, write_file};
+use crate::host::{config_dir, key_path, lock_config, passwd_home, write_file};
 
 /// The known_hosts file envd owns: one `NAME.envd` line per environment.
 pub fn known_hosts_path() -> PathBuf {
@@ -128,10 +128,12 @@ pub fn host_entry(name: &str, route: &Route) -> String {
 }
 
 /// Records an environment: pins its host key and writes its `Host` entry, and makes sure the
-/// user's `~/.ssh/config` includes envd's file.
+/// user's `~/.ssh/config` includes envd's file. Under [`lock_config`], so concurrent `envd up`s
+/// keep each other's entries.
 pub fn add_environment(name: &str, route: &Route, host_key: &str) -> anyhow::Result<()> {
     let host_key = plain_host_key(host_key)
         .with_context(|| format!("the environment {name} offers an unusable SSH host key"))?;
+    let _lock = lock_config()?;
     let host_key = host_key.as_str();
     let alias = host_alias(name);
     let dir = config_dir();
@@ -146,11 +148,12 @@ pub fn add_environment(name: &str, route: &Route, host_key: &str) -> anyhow::Res
         Some(&host_entry(name, route)),
     );
     write_file(&cfg, text.as_bytes(), 0o644)?;
-    ensure_include()
+    include_unlocked()
 }
 
 /// Removes an environment's `Host` entry and pinned key. Missing files are fine.
 pub fn remove_environment(name: &str) -> anyhow::Result<()> {
+    let _lock = lock_config()?;
     let alias = host_alias(name);
     let kh = known_hosts_path();
     if kh.exists() {
@@ -176,6 +179,11 @@ pub fn has_entry(name: &str) -> bool {
 /// Puts `Include <envd's ssh_config>` at the top of the user's ssh config (it must come before
 /// any `Host` block to apply everywhere), once.
 pub fn ensure_include() -> anyhow::Result<()> {
+    let _lock = lock_config()?;
+    include_unlocked()
+}
+
+fn include_unlocked() -> anyhow::Result<()> {
     let user_cfg = user_ssh_config_path();
     let include = format!("Include {}", ssh_config_path().display());
     let text = read_or_empty(&user_cfg)?;
@@ -245,6 +253,44 @@ mod tests {
         assert!(a2.starts_with("Host other\n  Port 1\n"));
         let gone = replace_block(&a2, "a.envd", None);
         assert!(!gone.contains("a.envd") && gone.contains("b.envd"));
+    }
+
+    #[test]
+    fn concurrent_additions_keep_every_entry() {
+        let _env = crate::host::TEST_ENV
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("ENVD_CONFIG_DIR", dir.path());
+        std::env::set_var("ENVD_SSH_CONFIG", dir.path().join("user_ssh_config"));
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
+        let threads: Vec<_> = (0..24)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    add_environment(&format!("env{i}"), &Route::Port(2000 + i), key).unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let config = std::fs::read_to_string(ssh_config_path()).unwrap();
+        let known = std::fs::read_to_string(known_hosts_path()).unwrap();
+        for i in 0..24 {
+            assert!(
+                config.contains(&format!("Host env{i}.envd\n")),
+                "env{i} lost"
+            );
+            assert!(
+                known.contains(&format!("env{i}.envd ssh-ed25519")),
+                "env{i} key lost"
+            );
+        }
+        let user = std::fs::read_to_string(user_ssh_config_path()).unwrap();
+        assert_eq!(user.matches("Include ").count(), 1, "{user}");
+        std::env::remove_var("ENVD_CONFIG_DIR");
+        std::env::remove_var("ENVD_SSH_CONFIG");
     }
 
     #[test]
