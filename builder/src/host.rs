@@ -163,7 +163,7 @@ mod tests {
             .map(|t| t.join().unwrap())
             .collect();
         assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
-        let private = PrivateKey::read_openssh_file(&key_path()).unwrap();
+        let private = PrivateKey::read_openssh_file(key_path()).unwrap();
         assert_eq!(private.public_key().to_openssh().unwrap(), keys[0]);
         let a = ensure_user_key().unwrap();
         let b = ensure_user_key().unwrap();
