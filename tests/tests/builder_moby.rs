@@ -225,7 +225,12 @@ fn relay_to_docker_buildkit() -> u16 {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut docker = UnixStream::connect("/var/run/docker.sock").unwrap();
+                // The engine the test runs against (DOCKER_HOST: Engine 26 beside 20.10).
+                let socket = std::env::var("DOCKER_HOST")
+                    .ok()
+                    .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+                    .unwrap_or_else(|| "/var/run/docker.sock".into());
+                let mut docker = UnixStream::connect(socket).unwrap();
                 docker
                     .write_all(b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n")
                     .unwrap();
