@@ -120,3 +120,12 @@ ensure_browser_driver() {
   cp tests/browser/package.json tests/browser/package-lock.json "$dest/"
   (cd "$dest" && npm ci --silent --no-audit --no-fund)
 }
+
+# The test runner: the suite relies on nextest's per-test processes, serialised timing tests and
+# timeouts (.config/nextest.toml); plain `cargo test` would run them as threads of one process.
+NEXTEST_VERSION=0.9.143
+ensure_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then return 0; fi
+  log "installing cargo-nextest $NEXTEST_VERSION from crates.io (the test runner; about 4 minutes)"
+  cargo install --quiet --locked cargo-nextest --version "$NEXTEST_VERSION"
+}
