@@ -260,6 +260,26 @@ fn ssh_runs_commands_with_the_agent_forwarded(user: &User) {
         String::from_utf8_lossy(&o.stdout).trim(),
         "numpy\n/home/envd/kproj\nbuild.envd"
     );
+    // The pin is what OpenSSH checks: another key in its place is refused.
+    let known = user.dir.path().join("known_hosts");
+    let pinned = std::fs::read_to_string(&known).unwrap();
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
+    let forged: String = pinned
+        .lines()
+        .map(|l| match l.starts_with("kube1.envd ") {
+            true => format!("kube1.envd {other}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(forged, pinned);
+    std::fs::write(&known, forged).unwrap();
+    let o = user.ssh(&["kube1.envd", "true"]);
+    assert!(
+        !o.status.success() && output_text(&o).contains("Host key verification failed"),
+        "a wrong pinned key was not refused: {}",
+        output_text(&o)
+    );
+    std::fs::write(&known, pinned).unwrap();
     // A real ssh-agent here; its key listed inside.
     let agent_dir = tempfile::tempdir().unwrap();
     let sock = agent_dir.path().join("agent.sock");
