@@ -73,9 +73,42 @@ pub fn require_docker() {
     );
 }
 
-/// Runs our `envd` (from the runtime directory, which it also uses for the in-image runtime).
+/// This test process's own envd configuration directory (contexts, key pair, `NAME.envd`
+/// entries, pinned host keys), so tests never touch the machine user's `~/.config/envd` or
+/// `~/.ssh/config`, nor each other's.
+pub fn test_config_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("envd-test-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test config directory");
+        dir
+    })
+    .clone()
+}
+
+/// The OpenSSH client configuration `envd` adds its `Include` to for this test process.
+pub fn ssh_config_path() -> PathBuf {
+    test_config_dir().join("ssh_config_of_user")
+}
+
+/// OpenSSH's `ssh` reading this test process's configuration (where `NAME.envd` is).
+pub fn ssh() -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-F").arg(ssh_config_path());
+    c
+}
+
+/// Points a command at this test process's envd configuration.
+fn isolated(cmd: &mut Command) -> &mut Command {
+    cmd.env("ENVD_CONFIG_DIR", test_config_dir())
+        .env("ENVD_SSH_CONFIG", ssh_config_path())
+}
+
+/// Runs our `envd` (from the runtime directory, which it also uses for the in-image runtime)
+/// with this test process's own configuration.
 pub fn envd(args: &[&str]) -> Output {
-    Command::new(runtime_dir().join("envd"))
+    isolated(&mut Command::new(runtime_dir().join("envd")))
         .args(args)
         .env("ENVD_RUNTIME_DIR", runtime_dir())
         .output()
@@ -161,7 +194,7 @@ print(json.dumps([clean(out).decode(errors="replace"), code]))
         })
         .collect();
     let arg = serde_json::json!([argv, steps, timeout_s]).to_string();
-    let o = Command::new("python3")
+    let o = isolated(&mut Command::new("python3"))
         .args(["-c", script, &arg])
         .output()
         .expect("run python3 (the terminal driver)");

@@ -3,7 +3,7 @@
 //! token rendered by headless Chromium, envd-init restarting a killed Jupyter, `envd ls`, and
 //! `envd down` leaving nothing behind, and the interactive shell `envd up` opens in a terminal.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -69,8 +69,7 @@ def build():
 "#;
 
 fn ssh_config_text() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    std::fs::read_to_string(Path::new(&home).join(".config/envd/ssh_config")).unwrap_or_default()
+    std::fs::read_to_string(envd_e2e::test_config_dir().join("ssh_config")).unwrap_or_default()
 }
 
 /// One environment, brought up once; each feature is checked in turn against it.
@@ -119,9 +118,9 @@ fn up_detached(name: &str, dir: &std::path::Path) -> String {
 }
 
 fn plain_openssh_reaches_it() {
-    // Plain OpenSSH through ~/.ssh/config's Include; host-key checking stays on (BatchMode
+    // Plain OpenSSH through the user's ssh config's Include (this test's own: -F); host-key checking stays on (BatchMode
     // would fail on an unknown key).
-    let o = run(Command::new("ssh").args([
+    let o = run(envd_e2e::ssh().args([
         "-o",
         "BatchMode=yes",
         "e2eup.envd",
@@ -219,7 +218,7 @@ fn agent_forwarding_lists_a_local_key() {
         .arg(&key)
         .env("SSH_AUTH_SOCK", &sock));
     assert!(o.status.success(), "{}", output_text(&o));
-    let o = run(Command::new("ssh")
+    let o = run(envd_e2e::ssh()
         .args(["-A", "-o", "BatchMode=yes", "e2eup.envd", "ssh-add -l"])
         .env("SSH_AUTH_SOCK", &sock));
     let _ = agent.kill();
@@ -324,7 +323,7 @@ fn down_leaves_nothing(name: &str) {
         !ssh_config_text().contains("e2eup.envd"),
         "SSH entry left behind"
     );
-    let o = run(Command::new("ssh").args([
+    let o = run(envd_e2e::ssh().args([
         "-o",
         "BatchMode=yes",
         "-o",

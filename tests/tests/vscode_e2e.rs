@@ -143,10 +143,11 @@ fn remote_ssh_local_server_download(dir: &Path) {
         tarball.display()
     )));
     assert!(o.status.success(), "{}", output_text(&o));
-    let o =
-        run(Command::new("ssh").args(["-o", "BatchMode=yes", &host, "mkdir -p ~/.vscode-server"]));
+    let o = run(envd_e2e::ssh().args(["-o", "BatchMode=yes", &host, "mkdir -p ~/.vscode-server"]));
     assert!(o.status.success(), "{}", output_text(&o));
     let o = run(Command::new("scp")
+        .arg("-F")
+        .arg(envd_e2e::ssh_config_path())
         .args(["-q", "-o", "BatchMode=yes"])
         .arg(&tarball)
         .arg(format!(
@@ -166,7 +167,7 @@ fn remote_ssh_local_server_download(dir: &Path) {
                sleep 0.2\n\
              done\nwait\n"
         );
-        let mut ssh = Command::new("ssh");
+        let mut ssh = envd_e2e::ssh();
         ssh.args(["-T", "-o", "BatchMode=yes"]);
         if let Some(p) = socks {
             ssh.args(["-D", &format!("127.0.0.1:{p}")]);
@@ -205,7 +206,7 @@ fn remote_ssh_local_server_download(dir: &Path) {
         output_text(&o)
     );
     // Through a forwarded unix socket (direct-streamlocal).
-    let _ = run(Command::new("ssh").args([
+    let _ = run(envd_e2e::ssh().args([
         "-o",
         "BatchMode=yes",
         &host,
@@ -232,7 +233,7 @@ fn remote_ssh_local_server_download(dir: &Path) {
     let _ = tunnel.wait();
     let _ = server.kill();
     let _ = server.wait();
-    let _ = run(Command::new("ssh").args([
+    let _ = run(envd_e2e::ssh().args([
         "-o",
         "BatchMode=yes",
         &host,
@@ -250,7 +251,7 @@ fn ssh_forward(
     spec: impl AsRef<std::ffi::OsStr>,
     host: impl AsRef<std::ffi::OsStr>,
 ) -> std::process::Child {
-    Command::new("ssh")
+    envd_e2e::ssh()
         .args([
             "-N",
             "-o",

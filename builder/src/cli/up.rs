@@ -122,9 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         envd_builder::say!("(stdin is not a terminal: not opening a shell; use ssh {name}.envd)");
         return Ok(ExitCode::SUCCESS);
     }
-    let err = std::process::Command::new("ssh")
-        .arg(env::ssh::host_alias(&name))
-        .exec();
+    let mut ssh = std::process::Command::new("ssh");
+    // The configuration envd wrote the entry's Include into, when it is not OpenSSH's default.
+    if let Some(config) = std::env::var_os("ENVD_SSH_CONFIG") {
+        ssh.arg("-F").arg(config);
+    }
+    let err = ssh.arg(env::ssh::host_alias(&name)).exec();
     anyhow::bail!("cannot run ssh: {err}")
 }
 
