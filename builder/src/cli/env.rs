@@ -150,7 +150,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         (None, None) => build::env_name(Path::new(".")),
     };
     let kept = super::tokio()?.block_on(env::commands::down(&name, args.volumes))?;
-    envd_builder::say!("{name} is down: container and SSH entry removed");
+    envd_builder::say!("{name} is down: removed, with its SSH entry");
     if !kept.is_empty() {
         envd_builder::say!(
             "kept its volumes for the next envd up ({}); envd down --name {name} --volumes removes them",

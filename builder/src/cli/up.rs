@@ -158,3 +158,23 @@ fn print_summary(name: &str, up: &env::up::Up) {
     }
     envd_builder::say!("  down:     envd down --name {name}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_cpus_are_read_or_refused() {
+        assert_eq!(parse_memory("4Gi"), Ok(4 << 30));
+        assert_eq!(parse_memory("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_memory("1000"), Ok(1000));
+        for bad in ["", "0", "-1Gi", "1.5Gi", "4GB", "99999999999Ti"] {
+            assert!(parse_memory(bad).is_err(), "accepted {bad:?}");
+        }
+        assert_eq!(parse_cpus("1.5"), Ok("1.5".to_string()));
+        for bad in ["0", "-2", "inf", "NaN", "two"] {
+            assert!(parse_cpus(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}

@@ -278,7 +278,7 @@ pub async fn down(name: &str, volumes: bool) -> anyhow::Result<Vec<String>> {
             runner.forget(name).await?;
             if ssh::has_entry(name) || (volumes && !left.is_empty()) {
                 ssh::remove_environment(name)?;
-                crate::say!("{name}: no container; removed its SSH entry");
+                crate::say!("{name}: it was already gone; removed its SSH entry");
                 return finish_volumes(&runner, name, volumes).await;
             }
             return Err(e);

@@ -25,9 +25,8 @@ use super::terminal::{self, RawTerminal};
 use super::volumes::{self, Volume};
 use super::{container_name, owner, Endpoint, Environment};
 use crate::contract::{
-    API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME, JUPYTER_PORT,
-    LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER, LABEL_RUNTIME, LABEL_VOLUME_PATH, SSH_PORT, USER,
-    VSCODE_PORT,
+    ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME, LABEL_CONTEXT, LABEL_NAME,
+    LABEL_OWNER, LABEL_RUNTIME, LABEL_VOLUME_PATH, USER,
 };
 use crate::graph::Runtime;
 
@@ -75,22 +74,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
     let runtime: Option<Runtime> = labels
         .get(LABEL_RUNTIME)
         .and_then(|r| serde_json::from_str(r).ok());
-    let mut service_of: HashMap<u16, String> = HashMap::from([
-        (SSH_PORT, "ssh".to_string()),
-        (JUPYTER_PORT, "jupyter".to_string()),
-        (API_PORT, "api".to_string()),
-        (VSCODE_PORT, "vscode".to_string()),
-    ]);
-    if let Some(rt) = &runtime {
-        for e in &rt.expose {
-            let service = if e.service.is_empty() {
-                format!("port-{}", e.envd_port)
-            } else {
-                e.service.clone()
-            };
-            service_of.insert(e.envd_port as u16, service);
-        }
-    }
+    let runtime = runtime.unwrap_or_default();
     let mut endpoints = Vec::new();
     let ports = c.network_settings.and_then(|n| n.ports).unwrap_or_default();
     for (key, bindings) in ports {
@@ -102,10 +86,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
                 continue;
             };
             endpoints.push(Endpoint {
-                service: service_of
-                    .get(&port)
-                    .cloned()
-                    .unwrap_or_else(|| format!("port-{port}")),
+                service: super::service_of_port(port, &runtime),
                 container_port: port,
                 host_ip: b.host_ip.clone().unwrap_or_default(),
                 host_port,
@@ -130,7 +111,7 @@ fn from_inspect(c: bollard::models::ContainerInspectResponse) -> Option<Environm
         api_token: env_value(&env, ENV_API_TOKEN),
         jupyter_token: env_value(&env, ENV_JUPYTER_TOKEN),
         vscode_password: env_value(&env, ENV_VSCODE_PASSWORD),
-        commands: runtime.map(|r| r.commands).unwrap_or_default(),
+        commands: runtime.commands,
     })
 }
 

@@ -38,6 +38,25 @@ pub fn container_name(name: &str) -> String {
     format!("{name}.{}", owner().1)
 }
 
+/// The service a port of the environment belongs to, as every runner names its endpoints: a
+/// `runtime.expose` entry's name (`port-N` when it has none), else the contract's services.
+pub fn service_of_port(port: u16, runtime: &crate::graph::Runtime) -> String {
+    use crate::contract::{API_PORT, JUPYTER_PORT, SSH_PORT, VSCODE_PORT};
+    if let Some(e) = runtime.expose.iter().find(|e| e.envd_port as u16 == port) {
+        if !e.service.is_empty() {
+            return e.service.clone();
+        }
+        return format!("port-{port}");
+    }
+    match port {
+        SSH_PORT => "ssh".into(),
+        API_PORT => "api".into(),
+        JUPYTER_PORT => "jupyter".into(),
+        VSCODE_PORT => "vscode".into(),
+        _ => format!("port-{port}"),
+    }
+}
+
 /// A service published on the host.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {

@@ -26,8 +26,8 @@ use super::spec::EnvSpec;
 use super::volumes::Volume;
 use super::{owner, Environment};
 use crate::contract::{
-    API_PORT, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME, JUPYTER_PORT,
-    LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER, LABEL_VOLUME_PATH, SSH_PORT, USER, VSCODE_PORT,
+    ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME, JUPYTER_PORT, LABEL_CONTEXT,
+    LABEL_NAME, LABEL_OWNER, LABEL_VOLUME_PATH, SSH_PORT, USER, VSCODE_PORT,
 };
 use crate::graph::Runtime;
 use manifest::{pod_name, selector, workdir_claim, CONTAINER};
@@ -123,11 +123,6 @@ impl KubeRunner {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The context's name.
-    pub fn context(&self) -> &str {
-        &self.context
-    }
-
     /// The pods of this namespace, for the forwarder and the SSH proxy.
     pub fn pod_api(&self) -> Api<Pod> {
         self.pods()
@@ -208,12 +203,12 @@ impl KubeRunner {
         }
     }
 
-    /// Creates the claim unless it exists; returns whether it was made now.
-    async fn ensure_claim(&self, claim: PersistentVolumeClaim) -> anyhow::Result<bool> {
+    /// Creates the claim unless it exists.
+    async fn ensure_claim(&self, claim: PersistentVolumeClaim) -> anyhow::Result<()> {
         let name = claim.metadata.name.clone().unwrap_or_default();
         match self.claims().create(&PostParams::default(), &claim).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(e) => Err(self.error(&format!("cannot create the volume claim {name}"), e)),
         }
     }
@@ -225,7 +220,7 @@ impl KubeRunner {
             .iter()
             .filter(|p| p.container_port != SSH_PORT)
             .map(|p| forward::Listen {
-                service: service_of(p.container_port, &spec_runtime(spec)),
+                service: super::service_of_port(p.container_port, &spec.runtime),
                 container_port: p.container_port,
                 host_port: p.host_port,
             })
@@ -272,26 +267,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn spec_runtime(spec: &EnvSpec) -> Runtime {
-    spec.runtime.clone()
-}
-
-/// The service a container port belongs to (as the Docker runner names them).
-fn service_of(port: u16, runtime: &Runtime) -> String {
-    match port {
-        SSH_PORT => "ssh".into(),
-        API_PORT => "api".into(),
-        JUPYTER_PORT => "jupyter".into(),
-        VSCODE_PORT => "vscode".into(),
-        _ => runtime
-            .expose
-            .iter()
-            .find(|e| e.envd_port as u16 == port && !e.service.is_empty())
-            .map(|e| e.service.clone())
-            .unwrap_or_else(|| format!("port-{port}")),
-    }
 }
 
 /// One word for the pod: `running` once its container runs; else its phase, with the
@@ -431,7 +406,7 @@ impl Runner for KubeRunner {
     async fn create(&self, spec: &EnvSpec) -> anyhow::Result<std::time::Instant> {
         let (uid, name) = (owner().0, spec.name.as_str());
         let pod = self.pod_of(name);
-        let runtime = serde_json::to_string(&spec_runtime(spec))?;
+        let runtime = serde_json::to_string(&spec.runtime)?;
         let manifest = manifest::pod(spec, uid, &pod, &runtime)?;
         let key = crate::host::ensure_user_key()?;
         self.delete_secret(&pod).await?;
@@ -700,7 +675,7 @@ impl KubeRunner {
             .map(|p| p.container_port as u16)
             .filter(|p| *p != SSH_PORT)
             .map(|p| forward::Listen {
-                service: service_of(p, &runtime),
+                service: super::service_of_port(p, &runtime),
                 container_port: p,
                 host_port: if p == JUPYTER_PORT || p == VSCODE_PORT {
                     p
