@@ -437,7 +437,7 @@ fn health_checks_of_every_kind() {
         dir.path(),
         "http",
         &format!(
-            "command = \"python3 -m http.server {port} --bind 127.0.0.1 --directory {}\"\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{port}/\"\n",
+            "command = \"python3 -m http.server {port} --bind 127.0.0.1 --directory {}\"\n[healthiness]\nhttp-endpoint = \"http://127.0.0.1:{port}/\"\nmax-failed = 20\n",
             dir.path().display()
         ),
     );

@@ -17,15 +17,27 @@ use std::time::{Duration, Instant};
 
 use envd_e2e::{free_port, output_text, require_docker, runtime_dir, workspace_root};
 
+/// Long enough for a cold build of Kubernetes (about 5 minutes) while other tests load the machine.
+const KUBE_UP_DEADLINE_S: u32 = 600;
+
 /// The cluster `scripts/kube-up` runs: (admin kubeconfig, registry HOST:PORT).
 fn cluster() -> &'static (PathBuf, String) {
     static CLUSTER: OnceLock<(PathBuf, String)> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         require_docker();
-        let o = Command::new(workspace_root().join("scripts/kube-up"))
+        // A deadline of its own: a set-up that hangs fails here, with its output, instead of
+        // being killed by the runner with nothing said.
+        let o = Command::new("timeout")
+            .arg(KUBE_UP_DEADLINE_S.to_string())
+            .arg(workspace_root().join("scripts/kube-up"))
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/kube-up");
+        assert!(
+            o.status.code() != Some(124),
+            "scripts/kube-up did not finish within {KUBE_UP_DEADLINE_S} s: {}",
+            output_text(&o)
+        );
         assert!(
             o.status.success(),
             "scripts/kube-up failed: {}",
