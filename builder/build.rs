@@ -15,5 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // The session's services are served by envd-rs (buildkitd calls them).
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .build_client(false)
+        .compile_protos(&["proto/filesync.proto"], &["proto"])?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use crate::buildkit::connect::{self, Builder};
+use crate::buildkit::session::Session;
 use crate::buildkit::solve::{self, Progress};
+use crate::client_files::ArchiveTo;
 use crate::compile::{self, Inputs};
 use crate::contract::LABEL_DIGEST;
 use crate::graph::Graph;
@@ -178,21 +180,30 @@ pub struct Plan {
 }
 
 /// Evaluates, collects and compiles the program at `path` (`name` defaults to the directory's).
-pub fn plan(path: &Path, from: &Entry, name: Option<&str>) -> anyhow::Result<Plan> {
+/// `via_session`: the runtime binaries and context files travel in the build's session (a
+/// standalone buildkitd) rather than as engine images (Docker's BuildKit).
+pub fn plan(
+    path: &Path,
+    from: &Entry,
+    name: Option<&str>,
+    via_session: bool,
+) -> anyhow::Result<Plan> {
     let graph = lang::evaluate(path, from)?;
     let name = name.map_or_else(|| env_name(path), str::to_string);
     let runtime = graph.dev.then(RuntimeImage::locate).transpose()?;
     let runtime_tag = runtime.as_ref().map_or("", |r| r.tag.as_str());
     let context = crate::build_context::collect(path, &graph)?;
     let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
+    let (runtime_files, context_files) =
+        crate::client_files::sources(via_session, runtime.as_ref(), &context);
     let compiled = compile::compile(
         &graph,
         &Inputs {
             env_name: name.clone(),
-            runtime_image: runtime.as_ref().map(RuntimeImage::name),
+            runtime_image: runtime_files,
             program_hash: hash.clone(),
             host_ca: host_ca_bundle(),
-            context_image: (!context.is_empty()).then(|| context.image()),
+            context_image: context_files,
             workdir_name: workdir_name(path),
         },
     )?;
@@ -206,17 +217,26 @@ pub fn plan(path: &Path, from: &Entry, name: Option<&str>) -> anyhow::Result<Pla
     })
 }
 
-/// Which exporter `--output` needs on this builder.
-fn exporter(opts: &Options) -> anyhow::Result<solve::Exporter> {
+/// Which exporter `--output` needs on this builder, and where an archive it streams goes.
+fn exporter(opts: &Options) -> (solve::Exporter, Option<ArchiveTo>) {
     use crate::output::Output;
-    Ok(match (&opts.builder, &opts.output) {
-        (Builder::Moby(_), _) => solve::Exporter::Moby,
-        (_, Output::Image { push, .. }) => solve::Exporter::Image { push: *push },
-        (_, other) => anyhow::bail!(
-            "--output {} needs Docker's BuildKit (the moby-worker builder): the archive is made through the engine",
-            if matches!(other, Output::Docker { .. }) { "type=docker" } else { "type=oci" }
+    use solve::Exporter;
+    match (&opts.builder, &opts.output) {
+        (Builder::Moby(_), _) => (Exporter::Moby, None),
+        (_, Output::Image { push: true, .. }) => (Exporter::Image { push: true }, None),
+        // The engine runs what `envd up` starts: the image is loaded into it.
+        (_, Output::Image { push: false, .. }) => {
+            (Exporter::Archive { oci: false }, Some(ArchiveTo::Engine))
+        }
+        (_, Output::Docker { dest, .. }) => (
+            Exporter::Archive { oci: false },
+            Some(ArchiveTo::File(dest.clone())),
         ),
-    })
+        (_, Output::Oci { dest, .. }) => (
+            Exporter::Archive { oci: true },
+            Some(ArchiveTo::File(dest.clone())),
+        ),
+    }
 }
 
 /// Runs a build.
@@ -225,13 +245,13 @@ pub async fn build(
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let plan = plan(&opts.path, &opts.from, opts.name.as_deref())?;
+    let via_session = !matches!(opts.builder, Builder::Moby(_));
+    let plan = plan(&opts.path, &opts.from, opts.name.as_deref(), via_session)?;
     let tag = opts
         .tag
         .clone()
         .unwrap_or_else(|| format!("{}:dev", plan.name));
     let tag = opts.output.name(&tag).to_string();
-    let exporter = exporter(opts)?;
     let docker = docker::connect().await?;
     let outcome = |up_to_date: bool, digest: String, output_note| Outcome {
         tag: tag.clone(),
@@ -247,13 +267,26 @@ pub async fn build(
         let note = crate::output::finish(&opts.output, &tag).await?;
         return Ok(outcome(true, String::new(), note));
     }
-    if let Some(r) = &plan.runtime {
-        docker::ensure_runtime_image(&docker, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
-    }
-    if !plan.context.is_empty() {
-        docker::ensure_context_image(&docker, &plan.context).await?;
-    }
-    let (digest, exporter) = match solve_plan(opts, &plan, &tag, exporter, &mut progress).await {
+    let solved = if via_session {
+        solve_standalone(opts, &plan, &tag, &mut progress).await
+    } else {
+        if let Some(r) = &plan.runtime {
+            docker::ensure_runtime_image(&docker, &r.dir, RuntimeImage::REPOSITORY, &r.tag).await?;
+        }
+        if !plan.context.is_empty() {
+            docker::ensure_context_image(&docker, &plan.context).await?;
+        }
+        solve_plan(
+            opts,
+            &plan,
+            &tag,
+            solve::Exporter::Moby,
+            None,
+            &mut progress,
+        )
+        .await
+    };
+    let (digest, exporter) = match solved {
         Ok(done) => done,
         Err(e) => return Err(base_image_error(&docker, &plan.graph, e).await),
     };
@@ -265,6 +298,38 @@ pub async fn build(
     Ok(outcome(false, digest, note))
 }
 
+/// A build on a standalone buildkitd: the plan's files travel in a session, and an archive the
+/// exporter streams back is loaded into the engine or written where `--output` says.
+async fn solve_standalone(
+    opts: &Options,
+    plan: &Plan,
+    tag: &str,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> anyhow::Result<(String, solve::Exporter)> {
+    let (exporter, archive_to) = exporter(opts);
+    let channel = connect::connect(&opts.builder).await?;
+    let (archive, received) = match archive_to {
+        Some(to) => {
+            let (chunks, task) = crate::client_files::receive_archive(to);
+            (Some(chunks), Some(task))
+        }
+        None => (None, None),
+    };
+    let dirs = crate::client_files::session_dirs(plan)?;
+    let session = Session::open(channel, dirs, archive).await?;
+    let solved = solve_plan(opts, plan, tag, exporter, Some(session.id()), progress).await;
+    // Closing the session ends the archive's stream if the export never started it.
+    drop(session);
+    let solved = solved?;
+    match received {
+        // Docker's BuildKit behind the address exported with `moby`: no archive came.
+        Some(task) if solved.1 == solve::Exporter::Moby => task.abort(),
+        Some(task) => task.await.context("the archive task failed")??,
+        None => {}
+    }
+    Ok(solved)
+}
+
 /// Solves the plan's LLB on the builder and exports it as `tag`; returns the image digest and the
 /// exporter that made it.
 async fn solve_plan(
@@ -272,16 +337,21 @@ async fn solve_plan(
     plan: &Plan,
     tag: &str,
     exporter: solve::Exporter,
+    session: Option<&str>,
     progress: &mut (impl FnMut(Progress) + Send),
 ) -> anyhow::Result<(String, solve::Exporter)> {
     let channel = connect::connect(&opts.builder).await?;
     let (definition, config) = (&plan.compiled.definition, &plan.compiled.config);
+    let export = solve::Export {
+        tag,
+        exporter,
+        session,
+    };
     let first = solve::build_image(
         channel.clone(),
         definition.clone(),
         config.clone(),
-        tag,
-        exporter,
+        export.clone(),
         &mut *progress,
     )
     .await;
@@ -292,12 +362,15 @@ async fn solve_plan(
                 && matches!(e.downcast_ref(), Some(solve::Refusal::UnknownExporter(_))) =>
         {
             let moby = solve::Exporter::Moby;
+            let export = solve::Export {
+                exporter: moby,
+                ..export
+            };
             let digest = solve::build_image(
                 channel,
                 definition.clone(),
                 config.clone(),
-                tag,
-                moby,
+                export,
                 progress,
             )
             .await?;

@@ -24,6 +24,7 @@ pub mod build;
 pub mod build_context;
 pub mod builders;
 pub mod buildkit;
+pub mod client_files;
 pub mod compile;
 pub mod contract;
 pub mod docker;

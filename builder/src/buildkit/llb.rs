@@ -9,6 +9,21 @@ use sha2::{Digest, Sha256};
 
 use super::proto::pb;
 
+/// Where files the client supplies (the runtime binaries, the build context) come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFiles {
+    /// A local image of the Docker engine, which Docker's embedded BuildKit sees.
+    Image(String),
+    /// A directory offered in the build's session (a standalone buildkitd).
+    Session {
+        /// The directory's name in the session.
+        name: String,
+        /// A hash of its content: buildkitd updates an earlier transfer under the same key by
+        /// comparing sizes and times only, so a new content gets a new key (a fresh transfer).
+        content: String,
+    },
+}
+
 /// One output of an op: what the next op builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -121,6 +136,33 @@ impl Llb {
             },
             &format!("image {id}"),
         )
+    }
+
+    /// A directory the client offers in its build session (`local://NAME`, a standalone
+    /// buildkitd), keyed by its content hash. No session id in the op: the build's session is
+    /// used, so the digest is the same for every build of the same program and files.
+    pub fn local(&mut self, name: &str, content: &str) -> State {
+        let key = format!("{name}-{content}");
+        let attrs = BTreeMap::from([("local.sharedkeyhint".to_string(), key)]);
+        self.add(
+            pb::Op {
+                inputs: vec![],
+                op: Some(pb::op::Op::Source(pb::SourceOp {
+                    identifier: format!("local://{name}"),
+                    attrs,
+                })),
+                platform: platform(),
+            },
+            &format!("local files {name}"),
+        )
+    }
+
+    /// Files the client supplies: an engine-local image or a session directory.
+    pub fn client_files(&mut self, files: &ClientFiles) -> State {
+        match files {
+            ClientFiles::Image(reference) => self.image(reference),
+            ClientFiles::Session { name, content } => self.local(name, content),
+        }
     }
 
     /// Runs `args` on top of `root` (as `user`, in `cwd`), with cache mounts.

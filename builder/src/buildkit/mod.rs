@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod llb;
+pub mod session;
 pub mod solve;
 
 /// Generated types, nested like BuildKit's proto packages so cross-package paths resolve.
@@ -25,6 +26,20 @@ pub mod proto {
                     tonic::include_proto!("moby.buildkit.v1.frontend");
                 }
             }
+        }
+        /// `moby.filesync`.
+        pub mod filesync {
+            /// `moby.filesync.v1`: FileSync and FileSend, served in a session.
+            pub mod v1 {
+                tonic::include_proto!("moby.filesync.v1");
+            }
+        }
+    }
+    /// `fsutil.types`: the file-transfer packets.
+    pub mod fsutil {
+        /// Packets and stats.
+        pub mod types {
+            tonic::include_proto!("fsutil.types");
         }
     }
 }

@@ -56,6 +56,12 @@ pub enum Exporter {
         /// Push to the registry the name points at.
         push: bool,
     },
+    /// An archive streamed to the client through the build's session (a standalone buildkitd):
+    /// `docker load`-able, or an OCI layout.
+    Archive {
+        /// The OCI layout rather than Docker's.
+        oci: bool,
+    },
 }
 
 /// What a failed build says: BuildKit's error and the failing step's last output lines.
@@ -108,17 +114,27 @@ const STATUS_SETTLE: Duration = Duration::from_millis(100);
 /// BuildKit's answers (results, status) can be large.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Builds `definition` and exports it to the Docker image `tag` with `config` (OCI image config
-/// JSON). Returns the image digest.
+/// Where a build's result goes, and the session it may use (`SolveRequest.Session`).
+#[derive(Debug, Clone)]
+pub struct Export<'a> {
+    /// The image name.
+    pub tag: &'a str,
+    /// The exporter.
+    pub exporter: Exporter,
+    /// The client's session, for `local://` sources and archives.
+    pub session: Option<&'a str>,
+}
+
+/// Builds `definition` and exports it with `config` (OCI image config JSON) as `export` says.
+/// Returns the image digest.
 pub async fn build_image(
     channel: Channel,
     definition: pb::Definition,
     config: Vec<u8>,
-    tag: &str,
-    exporter: Exporter,
+    export: Export<'_>,
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<String> {
-    let mut build = Build::open(channel, tag, exporter)?;
+    let mut build = Build::open(channel, export)?;
     let result = match build.solve(definition, &mut progress).await? {
         Ok(result) => result,
         Err(status) => return Err(build.fail(status, &mut progress).await),
@@ -141,13 +157,13 @@ struct Build {
 impl Build {
     /// Opens the build: `Control.Solve` with no definition and the exporter, and the status
     /// stream, each in a task of its own.
-    fn open(channel: Channel, tag: &str, exporter: Exporter) -> anyhow::Result<Self> {
+    fn open(channel: Channel, export: Export) -> anyhow::Result<Self> {
         // A unique build ref: a failed read must not give every build the same all-zero ref.
         let build_id = crate::random::hex(12)?;
         let ctl = control::control_client::ControlClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE);
-        let mut exporter_attrs = BTreeMap::from([("name".to_string(), tag.to_string())]);
-        let exporter = match exporter {
+        let mut exporter_attrs = BTreeMap::from([("name".to_string(), export.tag.to_string())]);
+        let exporter = match export.exporter {
             Exporter::Moby => "moby",
             Exporter::Image { push } => {
                 if push {
@@ -155,11 +171,14 @@ impl Build {
                 }
                 "image"
             }
+            Exporter::Archive { oci: false } => "docker",
+            Exporter::Archive { oci: true } => "oci",
         };
         let request = control::SolveRequest {
             r#ref: build_id.clone(),
             exporter: exporter.into(),
             exporter_attrs,
+            session: export.session.unwrap_or_default().to_string(),
             ..Default::default()
         };
         let mut solve_client = ctl.clone();

@@ -47,7 +47,7 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Llb { path, from, dot } => {
-            let plan = build::plan(&path, &from, None)?;
+            let plan = build::plan(&path, &from, None, false)?;
             let definition = &plan.compiled.definition;
             if dot {
                 envd_builder::say_raw!("{}", llb::describe_dot(definition));

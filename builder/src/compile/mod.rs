@@ -14,6 +14,7 @@ mod stages;
 pub mod toolchains;
 pub mod vscode;
 
+pub use crate::buildkit::llb::ClientFiles;
 use crate::buildkit::proto::pb;
 use crate::contract::{
     AUTHORIZED_KEYS, HOME, HOST_KEY, JUPYTER_PORT, LABEL_DEV, LABEL_DIGEST, LABEL_RUNTIME,
@@ -28,16 +29,16 @@ pub const VENV: &str = "/opt/envd/venv";
 pub struct Inputs {
     /// The environment's name (prompt, labels).
     pub env_name: String,
-    /// A local image holding `/envd-init` and `/envd-sshd` (dev images only).
-    pub runtime_image: Option<String>,
+    /// Files holding `/envd-init` and `/envd-sshd` (dev images only).
+    pub runtime_image: Option<ClientFiles>,
     /// Hash of the program and everything else that decides the image.
     pub program_hash: String,
     /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
     /// (as in CI here) trust its CA, the base image does not.
     pub host_ca: Option<Vec<u8>>,
-    /// The local image carrying the build context's files ([`crate::build_context`]), when the
-    /// program reads any.
-    pub context_image: Option<String>,
+    /// The build context's files ([`crate::build_context`]) under `/context`, when the program
+    /// reads any.
+    pub context_image: Option<ClientFiles>,
     /// The project directory's name: `run(mount_host=True)` sees the context at
     /// `/home/envd/<name>`, as `envd up` mounts it.
     pub workdir_name: String,
@@ -325,10 +326,10 @@ mod tests {
     fn ctx() -> Inputs {
         Inputs {
             env_name: "demo".into(),
-            runtime_image: Some("envd-rs/runtime:test".into()),
+            runtime_image: Some(ClientFiles::Image("envd-rs/runtime:test".into())),
             program_hash: "abc".into(),
             host_ca: None,
-            context_image: Some("envd-rs/context:test".into()),
+            context_image: Some(ClientFiles::Image("envd-rs/context:test".into())),
             workdir_name: "demo".into(),
         }
     }

@@ -58,7 +58,7 @@ impl<'g> Chain<'g> {
             build_context::referenced_paths(g).is_empty(),
         ) {
             (_, true) => None,
-            (Some(image), false) => Some(llb.image(image)),
+            (Some(files), false) => Some(llb.client_files(files)),
             (None, false) => {
                 bail!("this program reads files from the build context, and no context image was given")
             }
@@ -325,7 +325,7 @@ impl<'g> Chain<'g> {
         let Some(runtime) = &ctx.runtime_image else {
             bail!("a development image needs the envd runtime image (envd-init, envd-sshd)");
         };
-        let rt = self.llb.image(runtime);
+        let rt = self.llb.client_files(runtime);
         for bin in ["envd-init", "envd-sshd"] {
             let (from, to) = (format!("/{bin}"), format!("/usr/local/bin/{bin}"));
             self.state = (self.llb).copy(&self.state, &rt, &from, &to, Some(0o755), None);

@@ -25,10 +25,13 @@ fn compile_for_test(dir: &Path, graph: &Graph) -> anyhow::Result<crate::compile:
         graph,
         &crate::compile::Inputs {
             env_name: "test".into(),
-            runtime_image: Some("envd-rs/runtime:test".into()),
+            runtime_image: Some(crate::buildkit::llb::ClientFiles::Image(
+                "envd-rs/runtime:test".into(),
+            )),
             program_hash: "test".into(),
             host_ca: None,
-            context_image: (!context.is_empty()).then(|| context.image()),
+            context_image: (!context.is_empty())
+                .then(|| crate::buildkit::llb::ClientFiles::Image(context.image())),
             workdir_name: "test".into(),
         },
     )
