@@ -373,12 +373,24 @@ struct Tracker {
     names: BTreeMap<String, String>,
     logs: BTreeMap<String, String>,
     failed: Option<String>,
+    /// Steps already reported as cached.
+    cached: std::collections::BTreeSet<String>,
 }
 
 impl Tracker {
     fn handle(&mut self, msg: control::StatusResponse, progress: &mut impl FnMut(Progress)) {
         for v in msg.vertexes {
             self.names.insert(v.digest.clone(), v.name.clone());
+            // BuildKit 0.13 reports a cached step once, already completed: say it was cached.
+            if v.cached && v.error.is_empty() && self.cached.insert(v.digest.clone()) {
+                progress(Progress::Started {
+                    name: v.name.clone(),
+                    cached: true,
+                });
+                if v.completed.is_none() {
+                    continue;
+                }
+            }
             if !v.error.is_empty() {
                 self.failed = Some(v.digest.clone());
                 progress(Progress::Completed {
@@ -390,7 +402,7 @@ impl Tracker {
                     name: v.name,
                     error: None,
                 });
-            } else if v.started.is_some() || v.cached {
+            } else if v.started.is_some() && !self.cached.contains(&v.digest) {
                 progress(Progress::Started {
                     name: v.name,
                     cached: v.cached,

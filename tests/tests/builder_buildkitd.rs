@@ -1,0 +1,222 @@
+//! `envd build` and `envd up` on a standalone buildkitd (BuildKit v0.13.2, as envd's default
+//! builder), started by `scripts/buildkitd-up` (built once from Debian's sources and cached; its
+//! docker.io mirror is a docker-registry on 127.0.0.1). Nothing reaches buildkitd through the
+//! Docker engine: the build context's files and the runtime binaries travel in the build's
+//! session, and the image comes back through it (loaded into the engine, or an archive).
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use envd_e2e::{envd, output_text, require_docker, workspace_root};
+
+/// Long enough for a cold build of buildkitd (about 2 minutes) on a loaded machine.
+const BUILDKITD_UP_DEADLINE_S: u32 = 600;
+
+/// The running buildkitd: (builder address, its docker.io mirror HOST:PORT).
+fn buildkitd() -> &'static (String, String) {
+    static BUILDKITD: OnceLock<(String, String)> = OnceLock::new();
+    BUILDKITD.get_or_init(|| {
+        require_docker();
+        let o = Command::new("timeout")
+            .arg(BUILDKITD_UP_DEADLINE_S.to_string())
+            .arg(workspace_root().join("scripts/buildkitd-up"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/buildkitd-up");
+        assert!(
+            o.status.code() != Some(124),
+            "scripts/buildkitd-up did not finish within {BUILDKITD_UP_DEADLINE_S} s"
+        );
+        assert!(
+            o.status.success(),
+            "scripts/buildkitd-up failed: {}",
+            output_text(&o)
+        );
+        let address = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let state = Path::new(address.trim_start_matches("unix://"))
+            .parent()
+            .unwrap();
+        let registry = std::fs::read_to_string(state.join("registry")).unwrap();
+        (address, registry.trim().to_string())
+    })
+}
+
+/// `envd ARGS --builder unix --builder-address ...`.
+fn envd_on_buildkitd(args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend([
+        "--builder",
+        "unix",
+        "--builder-address",
+        buildkitd().0.as_str(),
+    ]);
+    envd(&all)
+}
+
+fn envd_ok(args: &[&str]) -> String {
+    let o = envd_on_buildkitd(args);
+    assert!(o.status.success(), "envd {args:?}:\n{}", output_text(&o));
+    output_text(&o)
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+/// A project that reads the build context every way a build file can.
+fn project(name: &str, six: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(name);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("build.envd"),
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    \
+         install.python_packages(requirements=\"requirements.txt\")\n    \
+         io.copy(\"data/hello.txt\", \"/home/envd/hello.txt\")\n    \
+         run([\"cp data/hello.txt /tmp/seen-by-mount-host\"], mount_host=True)\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("requirements.txt"), format!("six=={six}\n")).unwrap();
+    std::fs::write(dir.join("data/hello.txt"), format!("hello from {name}\n")).unwrap();
+    root
+}
+
+fn in_image(tag: &str, script: &str) -> String {
+    let o = docker(&["run", "--rm", "--entrypoint", "sh", tag, "-c", script]);
+    assert!(o.status.success(), "{script}: {}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn a_dev_image_with_context_files_comes_up_and_answers_ssh() {
+    let root = project("bkup", "1.16.0");
+    let dir = root.path().join("bkup");
+    let path = dir.to_str().unwrap();
+    let text = envd_ok(&["up", "--path", path, "--detach"]);
+    assert!(text.contains("ssh bkup.envd"), "{text}");
+    let o = envd_e2e::ssh()
+        .args(["-o", "BatchMode=yes", "bkup.envd"])
+        .arg("cat ~/hello.txt /tmp/seen-by-mount-host; python -c 'import six; print(six.__version__)'")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        said.trim(),
+        "hello from bkup\nhello from bkup\n1.16.0",
+        "{}",
+        output_text(&o)
+    );
+    // The binaries in the image are the ones on this host, sent through the session.
+    let sshd = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "cat",
+        "bkup:dev",
+        "/usr/local/bin/envd-sshd",
+    ]);
+    let host = std::fs::read(envd_e2e::runtime_bin("envd-sshd")).unwrap();
+    assert!(
+        sshd.stdout == host,
+        "envd-sshd in the image differs from the host's"
+    );
+    let o = envd(&["down", "--name", "bkup", "--volumes"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+}
+
+#[test]
+fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached() {
+    let root = project("bkcache", "1.16.0");
+    let dir = root.path().join("bkcache");
+    let path = dir.to_str().unwrap();
+    let tag = "envd-e2e/bkcache:test";
+    envd_ok(&["build", "--path", path, "-t", tag]);
+    assert_eq!(
+        in_image(
+            tag,
+            "/opt/envd/venv/bin/python -c 'import six; print(six.__version__)'"
+        ),
+        "1.16.0"
+    );
+    // Same size, same name: buildkitd must not keep the earlier transfer's file.
+    std::fs::write(dir.join("requirements.txt"), "six==1.15.0\n").unwrap();
+    let text = envd_ok(&["build", "--path", path, "-t", tag]);
+    assert!(
+        text.contains("[cached] apt-get install"),
+        "apt was not cached:\n{text}"
+    );
+    assert!(
+        text.contains("[run]    pip install -r requirements.txt"),
+        "{text}"
+    );
+    assert_eq!(
+        in_image(
+            tag,
+            "/opt/envd/venv/bin/python -c 'import six; print(six.__version__)'"
+        ),
+        "1.15.0"
+    );
+    // Nothing changed: the same image, every step from the cache.
+    let text = envd_ok(&["build", "--path", path, "-t", tag, "--force"]);
+    assert!(!text.contains("[run]    pip"), "{text}");
+    let _ = docker(&["rmi", tag]);
+}
+
+#[test]
+fn archives_and_a_push_come_from_buildkitd_itself() {
+    let root = project("bkout", "1.16.0");
+    let dir = root.path().join("bkout");
+    let path = dir.to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let oci = out.path().join("image.oci.tar");
+    let archive = out.path().join("image.docker.tar");
+    let registry = &buildkitd().1;
+
+    let dest = format!("type=oci,dest={},name=bkout:oci", oci.display());
+    envd_ok(&["build", "--path", path, "--output", &dest, "--force"]);
+    let names = Command::new("tar").arg("tf").arg(&oci).output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(
+        names.lines().any(|l| l == "index.json") && names.contains("oci-layout"),
+        "{names}"
+    );
+
+    let dest = format!(
+        "type=docker,dest={},name=envd-e2e/bkout:archive",
+        archive.display()
+    );
+    envd_ok(&["build", "--path", path, "--output", &dest, "--force"]);
+    let _ = docker(&["rmi", "envd-e2e/bkout:archive"]);
+    let o = docker(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("envd-e2e/bkout:archive"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        in_image("envd-e2e/bkout:archive", "cat /home/envd/hello.txt"),
+        "hello from bkout"
+    );
+
+    let name = format!("{registry}/envd-e2e/bkout:pushed");
+    let dest = format!("type=image,name={name},push=true");
+    envd_ok(&["build", "--path", path, "--output", &dest, "--force"]);
+    let tags = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://{registry}/v2/envd-e2e/bkout/tags/list"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).contains("\"pushed\""),
+        "{}",
+        output_text(&tags)
+    );
+    let _ = docker(&["rmi", "envd-e2e/bkout:archive"]);
+}
