@@ -179,14 +179,23 @@ pub struct Plan {
     pub compiled: compile::Compiled,
 }
 
-/// Evaluates, collects and compiles the program at `path` (`name` defaults to the directory's).
-/// `via_session`: the runtime binaries and context files travel in the build's session (a
-/// standalone buildkitd) rather than as engine images (Docker's BuildKit).
+/// What the builder can do, which decides how a plan is compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuilderFeatures {
+    /// The runtime binaries and context files travel in the build's session (a standalone
+    /// buildkitd) rather than as engine images (Docker's BuildKit).
+    pub session: bool,
+    /// MergeOp (BuildKit >= 0.10): independent parts become layers of their own.
+    pub merge: bool,
+}
+
+/// Evaluates, collects and compiles the program at `path` (`name` defaults to the directory's)
+/// for a builder with `features`.
 pub fn plan(
     path: &Path,
     from: &Entry,
     name: Option<&str>,
-    via_session: bool,
+    features: BuilderFeatures,
 ) -> anyhow::Result<Plan> {
     let graph = lang::evaluate(path, from)?;
     let name = name.map_or_else(|| env_name(path), str::to_string);
@@ -195,7 +204,7 @@ pub fn plan(
     let context = crate::build_context::collect(path, &graph)?;
     let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
     let (runtime_files, context_files) =
-        crate::client_files::sources(via_session, runtime.as_ref(), &context);
+        crate::client_files::sources(features.session, runtime.as_ref(), &context);
     let compiled = compile::compile(
         &graph,
         &Inputs {
@@ -204,6 +213,7 @@ pub fn plan(
             program_hash: hash.clone(),
             host_ca: host_ca_bundle(),
             context_image: context_files,
+            merge: features.merge,
             workdir_name: workdir_name(path),
         },
     )?;
@@ -245,8 +255,11 @@ pub async fn build(
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let via_session = !matches!(opts.builder, Builder::Moby(_));
-    let plan = plan(&opts.path, &opts.from, opts.name.as_deref(), via_session)?;
+    let features = BuilderFeatures {
+        session: !matches!(opts.builder, Builder::Moby(_)),
+        merge: connect::has_merge_op(&opts.builder).await,
+    };
+    let plan = plan(&opts.path, &opts.from, opts.name.as_deref(), features)?;
     let tag = opts
         .tag
         .clone()
@@ -267,7 +280,7 @@ pub async fn build(
         let note = crate::output::finish(&opts.output, &tag).await?;
         return Ok(outcome(true, String::new(), note));
     }
-    let solved = if via_session {
+    let solved = if features.session {
         solve_standalone(opts, &plan, &tag, &mut progress).await
     } else {
         if let Some(r) = &plan.runtime {

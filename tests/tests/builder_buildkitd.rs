@@ -144,7 +144,22 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
         "1.16.0"
     );
     // Same size, same name: buildkitd must not keep the earlier transfer's file.
-    std::fs::write(dir.join("requirements.txt"), "six==1.15.0\n").unwrap();
+    // A comment unique to this run keeps BuildKit's cache from an earlier run out of it.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("six==1.16.0 # {nonce}\n"),
+    )
+    .unwrap();
+    envd_ok(&["build", "--path", path, "-t", tag]);
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("six==1.15.0 # {nonce}\n"),
+    )
+    .unwrap();
     let text = envd_ok(&["build", "--path", path, "-t", tag]);
     assert!(
         text.contains("[cached] apt-get install"),
@@ -152,6 +167,16 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
     );
     assert!(
         text.contains("[run]    pip install -r requirements.txt"),
+        "{text}"
+    );
+    // BuildKit 0.13 has MergeOp: the runtime files are a layer of their own, merged, and not
+    // rebuilt when pip runs again.
+    assert!(
+        text.contains("[run]    merge the environment's layers"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[cached] copy /envd-init -> /usr/local/bin/envd-init"),
         "{text}"
     );
     assert_eq!(

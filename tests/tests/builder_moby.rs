@@ -167,6 +167,16 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         log.contains("[run]    pip install six idna"),
         "pip did not run:\n{log}"
     );
+    // Engine 20.10's BuildKit (v0.8) has no MergeOp: one chain. Newer engines (Engine 26's
+    // BuildKit 0.13, through DOCKER_HOST) get the runtime files as a merged layer.
+    let engine = docker(&["version", "--format", "{{.Server.Version}}"]);
+    let engine = String::from_utf8_lossy(&engine.stdout).trim().to_string();
+    let merged = log.contains("merge the environment's layers");
+    assert_eq!(
+        merged,
+        !engine.starts_with("20."),
+        "engine {engine}:\n{log}"
+    );
     let o = docker(&[
         "run",
         "--rm",

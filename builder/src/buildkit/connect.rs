@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::proto::moby::buildkit::v1 as control;
+
 /// Where BuildKit is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Builder {
@@ -114,4 +116,56 @@ pub async fn connect(builder: &Builder) -> anyhow::Result<Channel> {
             .with_context(|| format!("cannot reach buildkitd on tcp://{addr}"))?,
     };
     Ok(channel)
+}
+
+/// Whether the builder has MergeOp (BuildKit >= 0.10). Asked through `Control.Info`, which
+/// BuildKit has from 0.11 on; a builder that cannot say (older, or unreachable: the build will
+/// then name the problem) gets the linear chain every BuildKit runs.
+pub async fn has_merge_op(builder: &Builder) -> bool {
+    let Ok(channel) = connect(builder).await else {
+        return false;
+    };
+    let mut control = control::control_client::ControlClient::new(channel);
+    let info = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        control.info(control::InfoRequest {}),
+    )
+    .await;
+    let version = match info {
+        Ok(Ok(answer)) => {
+            answer
+                .into_inner()
+                .buildkit_version
+                .unwrap_or_default()
+                .version
+        }
+        _ => return false,
+    };
+    version_at_least(&version, (0, 10))
+}
+
+/// `v0.13.2` (or `0.13.2-dev`) is at least `(major, minor)`.
+fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-', '+']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok());
+    match (next(), next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_at_least;
+
+    #[test]
+    fn buildkit_versions_compare_by_major_and_minor() {
+        assert!(version_at_least("v0.13.2", (0, 10)));
+        assert!(version_at_least("v0.10.0", (0, 10)));
+        assert!(version_at_least("0.25.2-dev", (0, 10)));
+        assert!(version_at_least("v1.0.0", (0, 10)));
+        assert!(!version_at_least("v0.9.3", (0, 10)));
+        assert!(!version_at_least("", (0, 10)));
+        assert!(!version_at_least("unknown", (0, 10)));
+    }
 }

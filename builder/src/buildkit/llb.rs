@@ -32,6 +32,29 @@ pub struct State {
 }
 
 impl State {
+    /// The empty filesystem (BuildKit's scratch): file ops on it have no input.
+    pub fn scratch() -> State {
+        State {
+            digest: String::new(),
+            index: 0,
+        }
+    }
+
+    /// Whether this is [`State::scratch`].
+    pub fn is_scratch(&self) -> bool {
+        self.digest.is_empty()
+    }
+
+    /// A file op's inputs and its first action's input for building on this state: scratch
+    /// has no op input (the action reads -1).
+    fn file_base(&self) -> (Vec<pb::Input>, i64) {
+        if self.is_scratch() {
+            (Vec::new(), -1)
+        } else {
+            (vec![self.input()], 0)
+        }
+    }
+
     fn input(&self) -> pb::Input {
         pb::Input {
             digest: self.digest.clone(),
@@ -251,13 +274,14 @@ impl Llb {
         owner: Option<(u32, u32)>,
     ) -> State {
         let chown = chown(owner);
+        let (inputs, base) = root.file_base();
         let parent = std::path::Path::new(path)
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| "/".into());
         let actions = vec![
             pb::FileAction {
-                input: 0,
+                input: base,
                 secondary_input: -1,
                 output: -1,
                 action: Some(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
@@ -269,8 +293,8 @@ impl Llb {
                 })),
             },
             pb::FileAction {
-                // 1 = the number of op inputs + the index of the action above.
-                input: 1,
+                // The action above: actions are numbered after the op's inputs.
+                input: inputs.len() as i64,
                 secondary_input: -1,
                 output: 0,
                 action: Some(pb::file_action::Action::Mkfile(pb::FileActionMkFile {
@@ -284,11 +308,65 @@ impl Llb {
         ];
         self.add(
             pb::Op {
-                inputs: vec![root.input()],
+                inputs,
                 op: Some(pb::op::Op::File(pb::FileOp { actions })),
                 platform: platform(),
             },
             &format!("write {path}"),
+        )
+    }
+
+    /// Creates directories in order, each with its mode and owner (parents must come first):
+    /// layers built on scratch give their directories the metadata the image expects.
+    pub fn mkdirs(&mut self, root: &State, dirs: &[(&str, i32, Option<(u32, u32)>)]) -> State {
+        let (inputs, base) = root.file_base();
+        let actions = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, (path, mode, owner))| pb::FileAction {
+                // Each action builds on the one before it (numbered after the op's inputs).
+                input: if i == 0 {
+                    base
+                } else {
+                    (inputs.len() + i - 1) as i64
+                },
+                secondary_input: -1,
+                output: if i + 1 == dirs.len() { 0 } else { -1 },
+                action: Some(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
+                    path: path.to_string(),
+                    mode: *mode,
+                    make_parents: false,
+                    owner: chown(*owner),
+                    timestamp: -1,
+                })),
+            })
+            .collect();
+        let names: Vec<&str> = dirs.iter().map(|d| d.0).collect();
+        self.add(
+            pb::Op {
+                inputs,
+                op: Some(pb::op::Op::File(pb::FileOp { actions })),
+                platform: platform(),
+            },
+            &format!("mkdir {}", names.join(" ")),
+        )
+    }
+
+    /// The files of `layers` on top of each other, later ones winning (BuildKit >= 0.10's
+    /// MergeOp: each input is built on its own, so their caches and runs are independent).
+    pub fn merge(&mut self, layers: &[State], name: &str) -> State {
+        let merge = pb::MergeOp {
+            inputs: (0..layers.len() as i64)
+                .map(|input| pb::MergeInput { input })
+                .collect(),
+        };
+        self.add(
+            pb::Op {
+                inputs: layers.iter().map(State::input).collect(),
+                op: Some(pb::op::Op::Merge(merge)),
+                platform: platform(),
+            },
+            name,
         )
     }
 
@@ -303,13 +381,16 @@ impl Llb {
         mode: Option<i32>,
         owner: Option<(u32, u32)>,
     ) -> State {
+        let (mut inputs, base) = root.file_base();
+        let secondary_input = inputs.len() as i64;
+        inputs.push(from.input());
         self.add(
             pb::Op {
-                inputs: vec![root.input(), from.input()],
+                inputs,
                 op: Some(pb::op::Op::File(pb::FileOp {
                     actions: vec![pb::FileAction {
-                        input: 0,
-                        secondary_input: 1,
+                        input: base,
+                        secondary_input,
                         output: 0,
                         action: Some(pb::file_action::Action::Copy(pb::FileActionCopy {
                             src: src.into(),
@@ -476,6 +557,7 @@ fn summarize(def: &pb::Definition) -> Vec<(String, Vec<String>, String)> {
                     .collect();
                 format!("file {}", acts.join("; "))
             }
+            Some(pb::op::Op::Merge(m)) => format!("merge {} layers", m.inputs.len()),
             None => "result".to_string(),
         };
         out.push((short.to_string(), inputs, what));

@@ -34,6 +34,13 @@ pub enum Command {
         /// Print a Graphviz graph of the ops instead of the listing.
         #[arg(long)]
         dot: bool,
+        /// Compile as for a BuildKit with MergeOp (>= 0.10, e.g. a standalone buildkitd or
+        /// Docker 23+): the VS Code server, downloads and runtime files as merged layers.
+        #[arg(long)]
+        merge: bool,
+        /// Compile as for a standalone buildkitd: files from the build's session (`local://`).
+        #[arg(long)]
+        session: bool,
     },
 }
 
@@ -46,8 +53,15 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             envd_builder::say!("{}", serde_json::to_string_pretty(&graph)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Llb { path, from, dot } => {
-            let plan = build::plan(&path, &from, None, false)?;
+        Command::Llb {
+            path,
+            from,
+            dot,
+            merge,
+            session,
+        } => {
+            let features = build::BuilderFeatures { session, merge };
+            let plan = build::plan(&path, &from, None, features)?;
             let definition = &plan.compiled.definition;
             if dot {
                 envd_builder::say_raw!("{}", llb::describe_dot(definition));

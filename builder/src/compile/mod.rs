@@ -39,6 +39,9 @@ pub struct Inputs {
     /// The build context's files ([`crate::build_context`]) under `/context`, when the program
     /// reads any.
     pub context_image: Option<ClientFiles>,
+    /// Whether the builder has MergeOp (BuildKit >= 0.10): the VS Code server, `io.http`
+    /// downloads and the runtime files are then layers built beside the chain and merged.
+    pub merge: bool,
     /// The project directory's name: `run(mount_host=True)` sees the context at
     /// `/home/envd/<name>`, as `envd up` mounts it.
     pub workdir_name: String,
@@ -232,6 +235,7 @@ pub fn compile(g: &Graph, ctx: &Inputs) -> anyhow::Result<Compiled> {
     chain.downloads();
     chain.copies()?;
     chain.dev_runtime(ctx)?;
+    chain.join_layers();
     chain.run_steps(&ctx.workdir_name);
     chain.finish(ctx)
 }
@@ -330,8 +334,84 @@ mod tests {
             program_hash: "abc".into(),
             host_ca: None,
             context_image: Some(ClientFiles::Image("envd-rs/context:test".into())),
+            merge: false,
             workdir_name: "demo".into(),
         }
+    }
+
+    /// Each op by digest, decoded.
+    fn ops_by_digest(def: &pb::Definition) -> BTreeMap<String, pb::Op> {
+        use prost::Message;
+        use sha2::Digest;
+        def.def
+            .iter()
+            .map(|b| {
+                let digest = format!("sha256:{:x}", sha2::Sha256::digest(b));
+                (digest, pb::Op::decode(b.as_slice()).unwrap())
+            })
+            .collect()
+    }
+
+    /// Whether `digest` or anything it is built from satisfies `pred`.
+    fn reaches(
+        ops: &BTreeMap<String, pb::Op>,
+        digest: &str,
+        pred: &dyn Fn(&pb::Op) -> bool,
+    ) -> bool {
+        let op = &ops[digest];
+        pred(op) || op.inputs.iter().any(|i| reaches(ops, &i.digest, pred))
+    }
+
+    #[test]
+    fn with_merge_op_the_runtime_and_downloads_are_layers_that_never_read_the_chain() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"six\"])\n    io.http(url=\"https://example.invalid/a.txt\", checksum=\"sha256:0000000000000000000000000000000000000000000000000000000000000000\")\n    run([\"true\"])\n");
+        let linear = compile(&g, &ctx()).unwrap();
+        let ops = ops_by_digest(&linear.definition);
+        let is_merge = |op: &pb::Op| matches!(op.op, Some(pb::op::Op::Merge(_)));
+        assert!(!ops.values().any(is_merge), "a MergeOp on a linear chain");
+
+        let c = compile(
+            &g,
+            &Inputs {
+                merge: true,
+                ..ctx()
+            },
+        )
+        .unwrap();
+        let ops = ops_by_digest(&c.definition);
+        let merges: Vec<&pb::Op> = ops.values().filter(|op| is_merge(op)).collect();
+        assert_eq!(
+            merges.len(),
+            1,
+            "{}",
+            crate::buildkit::llb::describe(&c.definition)
+        );
+        let layers = &merges[0].inputs;
+        assert_eq!(
+            layers.len(),
+            3,
+            "the chain, the downloads, the runtime files"
+        );
+        let is_exec = |op: &pb::Op| matches!(op.op, Some(pb::op::Op::Exec(_)));
+        let describe = |op: &pb::Op| format!("{op:?}");
+        let apt = |op: &pb::Op| is_exec(op) && describe(op).contains("apt-get install");
+        assert!(
+            reaches(&ops, &layers[0].digest, &apt),
+            "the chain holds apt"
+        );
+        for layer in &layers[1..] {
+            assert!(
+                !reaches(&ops, &layer.digest, &is_exec),
+                "a layer runs a step of the chain"
+            );
+        }
+        let runtime = |op: &pb::Op| describe(op).contains("/usr/local/bin/envd-init");
+        assert!(reaches(&ops, &layers[2].digest, &runtime));
+        let http = |op: &pb::Op| describe(op).contains("https://example.invalid/a.txt");
+        assert!(reaches(&ops, &layers[1].digest, &http));
+        // The user's run steps see the merged result.
+        let text = crate::buildkit::llb::describe(&c.definition);
+        assert!(text.contains("merge 3 layers"), "{text}");
     }
 
     #[test]

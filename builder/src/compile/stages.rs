@@ -44,7 +44,17 @@ pub(super) struct Chain<'g> {
     path_env: String,
     /// The host CA variables for every step (empty without a host CA).
     ca_env: Vec<String>,
+    /// Whether the builder has MergeOp: independent parts are then layers of their own.
+    merge: bool,
+    /// Those layers, merged on top of the chain before the user's `run` steps.
+    layers: Vec<State>,
 }
+
+/// A directory a layer creates: path, mode, owner.
+type Dir = (&'static str, i32, Option<(u32, u32)>);
+/// Directories of the user's home in a layer, with the modes and owners the chain gives them
+/// (a merged layer's directories replace the chain's).
+const HOME_DIRS: [Dir; 2] = [("/home", 0o755, None), (HOME, 0o755, Some(USER_IDS))];
 
 impl<'g> Chain<'g> {
     /// Starts from the base image.
@@ -90,7 +100,32 @@ impl<'g> Chain<'g> {
             context_image,
             path_env: format!("PATH={}", path.join(":")),
             ca_env,
+            merge: ctx.merge,
+            layers: Vec::new(),
         })
+    }
+
+    /// Builds a part that does not read the chain: with MergeOp, as a layer of its own on
+    /// scratch with `dirs` (so its cache never depends on the chain, and it builds beside it);
+    /// without, on the chain.
+    fn part(&mut self, dirs: &[Dir], build: impl FnOnce(&mut Llb, State) -> State) {
+        if self.merge {
+            let base = self.llb.mkdirs(&State::scratch(), dirs);
+            let layer = build(&mut self.llb, base);
+            self.layers.push(layer);
+        } else {
+            self.state = build(&mut self.llb, self.state.clone());
+        }
+    }
+
+    /// Merges the layers built so far on top of the chain.
+    pub fn join_layers(&mut self) {
+        if self.layers.is_empty() {
+            return;
+        }
+        let mut all = vec![self.state.clone()];
+        all.append(&mut self.layers);
+        self.state = self.llb.merge(&all, "merge the environment's layers");
     }
 
     /// The environment of a build step: PATH, the host CA, `HOME` for the user's steps, and the
@@ -203,7 +238,10 @@ impl<'g> Chain<'g> {
             let ca = host_ca.map(|c| (c, HOST_CA));
             let server = vscode::stage(&mut self.llb, &base_image(self.g), &apt_caches(), ca);
             let home = vscode::VSCODE_HOME;
-            self.state = (self.llb).copy(&self.state, &server, home, home, None, None);
+            let dirs = [("/opt", 0o755, None), ("/opt/envd", 0o755, None)];
+            self.part(&dirs, |llb, on| {
+                llb.copy(&on, &server, home, home, None, None)
+            });
         }
     }
 
@@ -271,21 +309,32 @@ impl<'g> Chain<'g> {
         }
     }
 
-    /// `io.http` downloads, checked by BuildKit against their checksums.
+    /// `io.http` downloads, checked by BuildKit against their checksums (a layer of their own in
+    /// dev images, where they go to the user's home).
     pub fn downloads(&mut self) {
         let g = self.g;
+        if g.downloads.is_empty() {
+            return;
+        }
         let owner = g.dev.then_some(USER_IDS);
-        for d in &g.downloads {
-            let name = d
-                .filename
-                .clone()
-                .or_else(|| d.url.rsplit('/').next().map(str::to_string))
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "download".into());
-            let src = self.llb.http(&d.url, d.checksum.as_deref(), Some(&name));
-            let dest = format!("{}/{name}", downloads_dir(g));
-            let from = format!("/{name}");
-            self.state = self.llb.copy(&self.state, &src, &from, &dest, None, owner);
+        let build = move |llb: &mut Llb, mut on: State| {
+            for d in &g.downloads {
+                let name = d
+                    .filename
+                    .clone()
+                    .or_else(|| d.url.rsplit('/').next().map(str::to_string))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "download".into());
+                let src = llb.http(&d.url, d.checksum.as_deref(), Some(&name));
+                let dest = format!("{}/{name}", downloads_dir(g));
+                on = llb.copy(&on, &src, &format!("/{name}"), &dest, None, owner);
+            }
+            on
+        };
+        if g.dev {
+            self.part(&HOME_DIRS, build);
+        } else {
+            self.state = build(&mut self.llb, self.state.clone());
         }
     }
 
@@ -326,20 +375,36 @@ impl<'g> Chain<'g> {
             bail!("a development image needs the envd runtime image (envd-init, envd-sshd)");
         };
         let rt = self.llb.client_files(runtime);
-        for bin in ["envd-init", "envd-sshd"] {
-            let (from, to) = (format!("/{bin}"), format!("/usr/local/bin/{bin}"));
-            self.state = (self.llb).copy(&self.state, &rt, &from, &to, Some(0o755), None);
-        }
-        for (name, text) in service_files(self.g) {
-            let path = format!("{SERVICES_DIR}/{name}.toml");
-            self.state = (self.llb).mkfile(&self.state, &path, text.as_bytes(), 0o644, None);
-        }
-        let mut files: Vec<(String, String)> = shell_files(self.g, ctx, self.conda);
-        files.extend(git_config(self.g));
-        for (path, text) in files {
-            let owner = Some(USER_IDS);
-            self.state = (self.llb).mkfile(&self.state, &path, text.as_bytes(), 0o644, owner);
-        }
+        let services: Vec<(String, String)> = service_files(self.g)
+            .into_iter()
+            .map(|(name, text)| (format!("{SERVICES_DIR}/{name}.toml"), text))
+            .collect();
+        let mut home_files: Vec<(String, String)> = shell_files(self.g, ctx, self.conda);
+        home_files.extend(git_config(self.g));
+        let dirs: Vec<Dir> = [
+            ("/usr", 0o755, None),
+            ("/usr/local", 0o755, None),
+            ("/usr/local/bin", 0o755, None),
+            ("/etc", 0o755, None),
+            ("/etc/envd", 0o755, None),
+            (SERVICES_DIR, 0o755, None),
+        ]
+        .into_iter()
+        .chain(HOME_DIRS)
+        .collect();
+        self.part(&dirs, |llb, mut on| {
+            for bin in ["envd-init", "envd-sshd"] {
+                let (from, to) = (format!("/{bin}"), format!("/usr/local/bin/{bin}"));
+                on = llb.copy(&on, &rt, &from, &to, Some(0o755), None);
+            }
+            for (path, text) in services {
+                on = llb.mkfile(&on, &path, text.as_bytes(), 0o644, None);
+            }
+            for (path, text) in home_files {
+                on = llb.mkfile(&on, &path, text.as_bytes(), 0o644, Some(USER_IDS));
+            }
+            on
+        });
         Ok(())
     }
 

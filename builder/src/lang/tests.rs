@@ -32,6 +32,7 @@ fn compile_for_test(dir: &Path, graph: &Graph) -> anyhow::Result<crate::compile:
             host_ca: None,
             context_image: (!context.is_empty())
                 .then(|| crate::buildkit::llb::ClientFiles::Image(context.image())),
+            merge: false,
             workdir_name: "test".into(),
         },
     )
