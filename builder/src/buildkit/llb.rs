@@ -68,6 +68,9 @@ impl State {
     }
 }
 
+/// A directory for [`Llb::mkdirs`]: path, mode, owner (uid, gid).
+pub type DirSpec<'a> = (&'a str, i32, Option<(u32, u32)>);
+
 /// A cache mount for [`Llb::run`].
 #[derive(Debug, Clone)]
 pub struct CacheMount {
@@ -318,7 +321,7 @@ impl Llb {
 
     /// Creates directories in order, each with its mode and owner (parents must come first):
     /// layers built on scratch give their directories the metadata the image expects.
-    pub fn mkdirs(&mut self, root: &State, dirs: &[(&str, i32, Option<(u32, u32)>)]) -> State {
+    pub fn mkdirs(&mut self, root: &State, dirs: &[DirSpec]) -> State {
         let (inputs, base) = root.file_base();
         let actions = dirs
             .iter()

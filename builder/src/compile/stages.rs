@@ -9,7 +9,7 @@ use super::{
     vscode, Compiled, Inputs, DEV_APT_PACKAGES, VENV,
 };
 use crate::build_context;
-use crate::buildkit::llb::{Bind, CacheMount, Llb, State};
+use crate::buildkit::llb::{Bind, CacheMount, DirSpec, Llb, State};
 use crate::contract::{CACHE_DIR, HOME, HOST_CA, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS};
 use crate::graph::{Graph, Language};
 
@@ -51,7 +51,7 @@ pub(super) struct Chain<'g> {
 }
 
 /// A directory a layer creates: path, mode, owner.
-type Dir = (&'static str, i32, Option<(u32, u32)>);
+type Dir = DirSpec<'static>;
 /// Directories of the user's home in a layer, with the modes and owners the chain gives them
 /// (a merged layer's directories replace the chain's).
 const HOME_DIRS: [Dir; 2] = [("/home", 0o755, None), (HOME, 0o755, Some(USER_IDS))];
