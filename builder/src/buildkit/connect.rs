@@ -119,53 +119,56 @@ pub async fn connect(builder: &Builder) -> anyhow::Result<Channel> {
 }
 
 /// Whether the builder has MergeOp (BuildKit >= 0.10). Asked through `Control.Info`, which
-/// BuildKit has from 0.11 on; a builder that cannot say (older, or unreachable: the build will
-/// then name the problem) gets the linear chain every BuildKit runs.
+/// BuildKit has from 0.11 on. Docker's embedded BuildKit may not know its version (Debian's
+/// Engine 26 says `v0.0.0+unknown`): then the engine's version tells, as Docker 23 was the first
+/// to embed BuildKit 0.11. A builder that cannot say (older, or unreachable: the build will name
+/// the problem) gets the linear chain every BuildKit runs.
 pub async fn has_merge_op(builder: &Builder) -> bool {
-    let Ok(channel) = connect(builder).await else {
-        return false;
-    };
-    let mut control = control::control_client::ControlClient::new(channel);
-    let info = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        control.info(control::InfoRequest {}),
-    )
-    .await;
-    let version = match info {
-        Ok(Ok(answer)) => {
-            answer
-                .into_inner()
-                .buildkit_version
-                .unwrap_or_default()
-                .version
-        }
-        _ => return false,
-    };
-    version_at_least(&version, (0, 10))
-}
-
-/// `v0.13.2` (or `0.13.2-dev`) is at least `(major, minor)`.
-fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
-    let mut parts = version.trim_start_matches('v').split(['.', '-', '+']);
-    let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok());
-    match (next(), next()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
+    match buildkit_version(builder).await {
+        Some(version) if version != (0, 0) => version >= (0, 10),
+        _ if matches!(builder, Builder::Moby(_)) => engine_major().await.is_some_and(|m| m >= 23),
         _ => false,
     }
 }
 
+/// BuildKit's (major, minor), when it answers `Control.Info`.
+async fn buildkit_version(builder: &Builder) -> Option<(u64, u64)> {
+    let channel = connect(builder).await.ok()?;
+    let mut control = control::control_client::ControlClient::new(channel);
+    let ask = control.info(control::InfoRequest {});
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ask)
+        .await
+        .ok()?
+        .ok()?;
+    major_minor(&answer.into_inner().buildkit_version?.version)
+}
+
+/// The Docker engine's major version.
+async fn engine_major() -> Option<u64> {
+    let docker = crate::docker::connect().await.ok()?;
+    let version = docker.version().await.ok()?.version?;
+    major_minor(&version).map(|(major, _)| major)
+}
+
+/// `v0.13.2`, `0.25.2-dev` or `26.1.5+dfsg1` as (major, minor).
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-', '+']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok());
+    Some((next()?, next()?))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::version_at_least;
+    use super::major_minor;
 
     #[test]
-    fn buildkit_versions_compare_by_major_and_minor() {
-        assert!(version_at_least("v0.13.2", (0, 10)));
-        assert!(version_at_least("v0.10.0", (0, 10)));
-        assert!(version_at_least("0.25.2-dev", (0, 10)));
-        assert!(version_at_least("v1.0.0", (0, 10)));
-        assert!(!version_at_least("v0.9.3", (0, 10)));
-        assert!(!version_at_least("", (0, 10)));
-        assert!(!version_at_least("unknown", (0, 10)));
+    fn versions_read_as_major_and_minor() {
+        assert_eq!(major_minor("v0.13.2"), Some((0, 13)));
+        assert_eq!(major_minor("0.25.2-dev"), Some((0, 25)));
+        assert_eq!(major_minor("v0.0.0+unknown"), Some((0, 0)));
+        assert_eq!(major_minor("26.1.5+dfsg1"), Some((26, 1)));
+        assert_eq!(major_minor("20.10.24+dfsg1"), Some((20, 10)));
+        assert_eq!(major_minor(""), None);
+        assert_eq!(major_minor("unknown"), None);
     }
 }
