@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`envd build` on a standalone buildkitd, side by side with a hand-written Dockerfile built by
-buildctl on the same buildkitd (same base, same packages, both loaded into the Docker engine).
+buildctl on the same buildkitd (same base, same packages, both loaded into the Docker engine),
+and the same build file with `install.uv()`, so its packages go through `uv pip install`.
 
 Cold rounds prune buildkitd's whole cache first (layers and cache mounts, so apt and pip download
 again); warm rounds rebuild with nothing changed (`envd build --force`; buildctl as is). The two
@@ -24,6 +25,7 @@ BUILD_ENVD = f"""def build():
     install.apt_packages(name=["{PACKAGES_APT}"])
     install.python_packages(requirements="requirements.txt")
 """
+BUILD_ENVD_UV = BUILD_ENVD.replace("install.python()", "install.uv()")
 # What envd-rs's dev image holds, by hand: its apt set, the user, a venv with the packages. The
 # host's CA bundle is given to pip as envd-rs does (this machine's network intercepts TLS).
 DOCKERFILE = f"""FROM debian:bookworm
@@ -58,6 +60,12 @@ def main():
     os.makedirs(proj)
     with open(os.path.join(proj, "build.envd"), "w") as f:
         f.write(BUILD_ENVD)
+    proj_uv = os.path.join(work, "benchbuilduv")
+    os.makedirs(proj_uv)
+    with open(os.path.join(proj_uv, "build.envd"), "w") as f:
+        f.write(BUILD_ENVD_UV)
+    with open(os.path.join(proj_uv, "requirements.txt"), "w") as f:
+        f.write("\n".join(PACKAGES_PIP) + "\n")
     with open(os.path.join(proj, "requirements.txt"), "w") as f:
         f.write("\n".join(PACKAGES_PIP) + "\n")
     with open(os.path.join(proj, "Dockerfile"), "w") as f:
@@ -65,8 +73,8 @@ def main():
     with open("/etc/ssl/certs/ca-certificates.crt", "rb") as src, open(os.path.join(proj, "host-ca.crt"), "wb") as dst:
         dst.write(src.read())
 
-    def envd_build():
-        return timed([a.envd, "build", "--path", proj, "-t", "bench/envd:build", "--force",
+    def envd_build(path=proj):
+        return timed([a.envd, "build", "--path", path, "-t", "bench/envd:build", "--force",
                       "--builder", "unix", "--builder-address", a.address])
 
     def dockerfile_build():
@@ -80,11 +88,15 @@ def main():
             raise SystemExit(f"buildctl build | docker load failed: {load.stderr}")
         return time.monotonic() - t0
 
-    sides = {"envd-rs": envd_build, "Dockerfile (buildctl)": dockerfile_build}
+    sides = {
+        "envd-rs": envd_build,
+        "Dockerfile (buildctl)": dockerfile_build,
+        "envd-rs, install.uv()": lambda: envd_build(proj_uv),
+    }
     cold = {k: [] for k in sides}
     warm = {k: [] for k in sides}
     for i in range(a.runs):
-        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        order = list(sides)[i % 3:] + list(sides)[:i % 3]
         for name in order:
             timed(buildctl + ["prune", "--all"])
             cold[name].append(sides[name]())
@@ -94,13 +106,14 @@ def main():
         f"apt `{PACKAGES_APT}` + pip {', '.join(PACKAGES_PIP)} on debian:bookworm, loaded into the engine; "
         f"{a.runs} rounds, cold = whole cache pruned first.",
         "",
-        "| build | envd-rs (min / median / max) | Dockerfile via buildctl (min / median / max) | ratio of medians |",
-        "|---|---|---|---|",
+        "| build | envd-rs (min / median / max) | Dockerfile via buildctl | ratio | envd-rs with uv | uv / pip |",
+        "|---|---|---|---|---|---|",
     ]
     for label, data in [("cold", cold), ("no change", warm)]:
-        e, d = data["envd-rs"], data["Dockerfile (buildctl)"]
+        e, d, u = data["envd-rs"], data["Dockerfile (buildctl)"], data["envd-rs, install.uv()"]
         fmt = lambda xs: f"{min(xs):.1f} / {statistics.median(xs):.1f} / {max(xs):.1f} s"
-        lines.append(f"| {label} | {fmt(e)} | {fmt(d)} | {statistics.median(e) / statistics.median(d):.2f}x |")
+        med = statistics.median
+        lines.append(f"| {label} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(u)} | {med(u) / med(e):.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -85,7 +85,9 @@ fn sigchld_burst_from_a_service_is_fully_reaped() {
     write_service(
         dir.path(),
         "burst",
-        "command = \"/bin/sh -c 'for i in $(seq 300); do true & done; wait; sleep 100'\"\n",
+        // Each `sh -c 'true &'` exits at once, so its child is orphaned to envd-init: the
+        // service's own shell reaps nothing, envd-init's reaper must reap all 300.
+        "command = \"/bin/sh -c 'for i in $(seq 300); do sh -c \\\"true &\\\"; done; sleep 100'\"\n",
     );
     let script = r#"
         sleep 1.5
@@ -114,6 +116,24 @@ fn signals_are_forwarded_to_the_main_command() {
     init.signal(Signal::SIGUSR1);
     let content = wait_file(&init.path().join("got"), T);
     assert!(content.contains("USR1"));
+    // SIGHUP reloads envd-init's services; the main command must not get it. A second USR1
+    // after it shows the main command is still handling signals, so a forwarded HUP would have
+    // been written by then.
+    init.signal(Signal::SIGHUP);
+    init.signal(Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + T;
+    while std::fs::read_to_string(init.path().join("got"))
+        .unwrap()
+        .matches("USR1")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second USR1 never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     init.signal(Signal::SIGUSR2);
     assert_eq!(init.wait_exit(T), 7);
     let content = std::fs::read_to_string(init.path().join("got")).unwrap();

@@ -77,7 +77,11 @@ fn interactive_login(s: &Sshd) -> String {
     s.in_terminal(
         None,
         &[
-            ("[envd:demo]", Then::Type("cd project && false\n")),
+            // The environment the rc file sets reaches the shell (every shell reads `$NAME`).
+            (
+                "[envd:demo]",
+                Then::Type("echo greeting=$GREETING; cd project && false\n"),
+            ),
             ("x 1 ", Then::Type("exit\n")),
         ],
     )
@@ -153,6 +157,10 @@ fn prompt_test(shell: Shell, prompt: Prompt) {
             "x 1 ",
         ],
     };
+    assert!(
+        screen.contains("greeting=hello"),
+        "{shell:?}: the rc file's environment did not reach the shell:\n{screen}"
+    );
     for expected in expected {
         assert!(
             screen.contains(expected),
