@@ -128,8 +128,10 @@ pub fn output_text(o: &Output) -> String {
 pub struct TerminalRun {
     /// Everything it wrote to the terminal, without escape sequences and carriage returns.
     pub screen: String,
-    /// Its exit code, or `None` when it was still running at the deadline.
+    /// Its exit code, or `None` when it was still running at the deadline (it is then killed).
     pub code: Option<i32>,
+    /// The first step's text that never appeared, when the run ended before all did.
+    pub unmet: Option<String>,
 }
 
 /// What [`in_terminal`] does once a step's text has appeared on the screen.
@@ -146,7 +148,7 @@ pub enum Then<'a> {
 /// `timeout_s`.
 pub fn in_terminal(argv: &[&str], steps: &[(&str, Then)], timeout_s: u64) -> TerminalRun {
     let script = r#"
-import os, pty, sys, time, json, re, fcntl, termios, struct
+import os, pty, sys, time, json, re, fcntl, termios, struct, select
 argv, steps, timeout = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
@@ -159,6 +161,10 @@ def clean(b):
     return re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07", b"", b).replace(b"\r", b"")
 out, pos, deadline = b"", 0, time.time() + timeout
 while time.time() < deadline:
+    # Wait for output no longer than the deadline: a silent program must not hang the test.
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+    if not ready:
+        break
     try:
         chunk = os.read(fd, 4096)
     except OSError:
@@ -184,7 +190,11 @@ for _ in range(100):
         code = os.waitstatus_to_exitcode(status)
         break
     time.sleep(0.1)
-print(json.dumps([clean(out).decode(errors="replace"), code]))
+if code is None:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+unmet = steps[0][0] if steps else None
+print(json.dumps([clean(out).decode(errors="replace"), code, unmet]))
 "#;
     let steps: Vec<serde_json::Value> = steps
         .iter()
@@ -203,6 +213,7 @@ print(json.dumps([clean(out).decode(errors="replace"), code]))
     TerminalRun {
         screen: v[0].as_str().unwrap_or_default().to_string(),
         code: v[1].as_i64().map(|c| c as i32),
+        unmet: v[2].as_str().map(str::to_string),
     }
 }
 

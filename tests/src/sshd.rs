@@ -203,7 +203,14 @@ impl Sshd {
         argv.extend(["-tt".into(), "-p".into(), port, "127.0.0.1".into()]);
         argv.extend(remote.map(String::from));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        crate::in_terminal(&argv, steps, 20).screen
+        let run = crate::in_terminal(&argv, steps, 20);
+        assert!(
+            run.unmet.is_none(),
+            "{:?} never appeared within 20 s; the screen held:\n{}",
+            run.unmet,
+            run.screen
+        );
+        run.screen
     }
 
     /// An `ssh` command to this server; add options and the remote command.

@@ -64,6 +64,13 @@ async fn tcp_api_requires_the_bearer_token() {
     drop(init);
 }
 
+/// Awaits `f` for at most 10 s: a stream that never answers fails the test, saying which.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no message within 10 s"))
+}
+
 #[tokio::test]
 async fn health_check_list_and_watch() {
     let (init, url) = start_with_api();
@@ -75,7 +82,10 @@ async fn health_check_list_and_watch() {
     let err = c.health.check(check("nope")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let mut unknown = c.health.watch(check("nope")).await.unwrap().into_inner();
-    let first = unknown.message().await.unwrap().unwrap();
+    let first = within("watch of an unknown service", unknown.message())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
 
     // Wait until "quick" serves; "slow" is waiting for its file, so "" does not serve yet.
@@ -105,7 +115,10 @@ async fn health_check_list_and_watch() {
     );
 
     let mut watch = c.health.watch(check("")).await.unwrap().into_inner();
-    let m = watch.message().await.unwrap().unwrap();
+    let m = within("watch of the whole", watch.message())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.status, ServingStatus::NotServing as i32);
     std::fs::write(init.path().join("ready"), "").unwrap();
     let m = tokio::time::timeout(Duration::from_secs(10), watch.message())

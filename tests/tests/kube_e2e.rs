@@ -56,6 +56,8 @@ fn kubectl(args: &[&str]) -> Output {
     Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&cluster().0)
+        // A call that hangs fails instead of holding the test until the runner kills it.
+        .arg("--request-timeout=60s")
         .args(args)
         .output()
         .expect("kubectl (Debian's kubernetes-client)")

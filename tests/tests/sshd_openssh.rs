@@ -656,13 +656,20 @@ wait
         .unwrap()
         .write_all(script.as_bytes())
         .unwrap();
+    // Read in a thread of its own, so the deadline holds even if the script prints nothing.
     let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let port: u16 = loop {
-        let mut buf = [0u8; 256];
-        let n = out.read(&mut buf).unwrap();
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         if let Some(p) = seen
             .split("listeningOn==")
             .nth(1)
@@ -672,10 +679,10 @@ wait
                 break p;
             }
         }
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "no port printed: {seen}"
-        );
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => panic!("no listeningOn== port within 20 s; the script printed: {seen}"),
+        }
     };
     wait_port(socks);
     let curl = Command::new("curl")

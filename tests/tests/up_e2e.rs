@@ -138,7 +138,7 @@ fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Pa
     // Without --detach, in a terminal, `envd up` keeps the running container and opens the
     // shell: the prompt names the environment, typed commands run inside, exit ends envd up.
     let envd_bin = envd_e2e::runtime_dir().join("envd");
-    let TerminalRun { screen, code } = in_terminal(
+    let TerminalRun { screen, code, .. } = in_terminal(
         &[
             envd_bin.to_str().unwrap(),
             "up",
@@ -169,7 +169,7 @@ fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Pa
 
     // envd exec without a command opens the login shell on a terminal of our size; -T gives no
     // terminal, and either way envd exits with the command, without waiting for a key press.
-    let TerminalRun { screen, code } = in_terminal(
+    let TerminalRun { screen, code, .. } = in_terminal(
         &[envd_bin.to_str().unwrap(), "exec", "--name", name],
         &[("[envd:e2eup]", Then::Type("stty size; tty; exit 5\n"))],
         60,
@@ -179,7 +179,7 @@ fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Pa
         "exec's terminal:\n{screen}"
     );
     assert_eq!(code, Some(5), "{screen}");
-    let TerminalRun { screen, code } = in_terminal(
+    let TerminalRun { screen, code, .. } = in_terminal(
         &[
             envd_bin.to_str().unwrap(),
             "exec",
