@@ -147,7 +147,14 @@ fn signals_are_forwarded_to_the_main_command() {
 fn sigterm_reaches_main_command_and_gives_143() {
     let mut init = Init::start(scratch(), &[], &["/bin/sleep", "100"]);
     init.host_pid();
-    std::thread::sleep(Duration::from_millis(200));
+    // The main command runs once a process of envd-init's is `sleep`.
+    let deadline = Instant::now() + T;
+    while !init.descendants().iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    }) {
+        assert!(Instant::now() < deadline, "the main command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t = Instant::now();
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 143);
@@ -592,7 +599,7 @@ fn termination_signal_goes_to_the_process_group() {
     std::fs::write(
         &script,
         format!(
-            "sh -c 'trap \"echo got-term > {mark}; exit 0\" TERM; while true; do sleep 0.05; done' &\nsleep 100\n"
+            "sh -c 'trap \"echo got-term > {mark}; exit 0\" TERM; echo > {mark}.trapped; while true; do sleep 0.05; done' &\nsleep 100\n"
         ),
     )
     .unwrap();
@@ -603,7 +610,7 @@ fn termination_signal_goes_to_the_process_group() {
     );
     let mut init = Init::start(dir, &[], &[]);
     init.wait_for("running", T, |s| s[0]["state"] == "running");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_file(std::path::Path::new(&format!("{mark}.trapped")), T);
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(T), 0);
     assert_eq!(wait_file(std::path::Path::new(&mark), T).trim(), "got-term");
@@ -743,8 +750,15 @@ fn sighup_reloads_added_removed_and_changed_services() {
         "command = \"sleep 1\"\nbogus-key = 1\n",
     );
     init.signal(Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(init.log().contains("broken.toml:2"), "{}", init.log());
+    let deadline = Instant::now() + T;
+    while !init.log().contains("broken.toml:2") {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never reported: {}",
+            init.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(init.service("stay")["pid"], stay_pid);
 }
 
