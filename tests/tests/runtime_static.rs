@@ -18,6 +18,26 @@ fn runtime_binaries_are_static_elf_without_interpreter() {
             path.display()
         );
         check_static(&path).unwrap();
+        // A second opinion from binutils' readelf: an ELF with program headers and no
+        // interpreter request, and no symbol table.
+        let headers = Command::new("readelf")
+            .arg("-lW")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let headers = String::from_utf8_lossy(&headers.stdout);
+        assert!(headers.contains("Program Headers:"), "{headers}");
+        assert!(
+            !headers.contains("INTERP"),
+            "{} asks for an interpreter:\n{headers}",
+            path.display()
+        );
+        let symbols = Command::new("readelf")
+            .arg("-SW")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&symbols.stdout).contains(".symtab"));
         // Stripped: no .symtab section name left in the file.
         assert!(
             !bytes.windows(8).any(|w| w == b".symtab\0"),
@@ -100,6 +120,38 @@ fn envd_init_is_pid_1_of_a_real_container_built_from_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 services OK"));
+    // `--check` exits before anything runs as PID 1: now envd-init is PID 1 of that image and
+    // runs a main command (the only program there is: envd-init itself, checking), passing its
+    // exit code through, 0 and then a failure's.
+    for (services, ok) in [("/services", true), ("/nonexistent", false)] {
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                tag,
+                "/envd-init",
+                "--services",
+                "/services",
+                "--",
+            ])
+            .args(["/envd-init", "--services", services, "--check"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), ok, "{services}: {text}");
+        if ok {
+            assert!(text.contains("0 services OK"), "{text}");
+        } else {
+            assert!(
+                out.status.code().is_some_and(|c| c != 0 && c < 128),
+                "{text}"
+            );
+        }
+    }
 }
 
 #[test]
