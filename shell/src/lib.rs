@@ -281,10 +281,18 @@ format = "[$symbol$branch]($style) "
 
 [git_status]
 format = '([\[$all_status$ahead_behind\]]($style) )'
+conflicted = "="
 ahead = ">"
 behind = "<"
 diverged = "<>"
+up_to_date = ""
+untracked = "?"
+stashed = '\$'
+modified = "!"
+staged = "+"
+renamed = "r"
 deleted = "x"
+typechanged = "t"
 
 [python]
 symbol = "py:"
@@ -303,6 +311,7 @@ format = "[$symbol$status]($style) "
 [character]
 success_symbol = "[>](bold green)"
 error_symbol = "[>](bold red)"
+vimcmd_symbol = "[<](bold green)"
 "#
     )
 }
@@ -329,6 +338,28 @@ mod tests {
             c.is_ascii(),
             "Nerd Font or other non-ASCII symbols slipped in"
         );
+        // starship's own defaults for these are not ASCII (renamed is U+00BB, ahead U+21E1,
+        // the vi-mode character U+276E): every one is set here.
+        for key in [
+            "conflicted =",
+            "ahead =",
+            "behind =",
+            "diverged =",
+            "up_to_date =",
+            "untracked =",
+            "stashed =",
+            "modified =",
+            "staged =",
+            "renamed =",
+            "deleted =",
+            "typechanged =",
+            "success_symbol =",
+            "error_symbol =",
+            "vimcmd_symbol =",
+            "read_only =",
+        ] {
+            assert!(c.contains(key), "{key} is left to starship's default");
+        }
     }
 
     #[test]

@@ -87,6 +87,37 @@ fn interactive_login(s: &Sshd) -> String {
     )
 }
 
+/// A repository whose `git status` has one change of each kind starship shows: modified,
+/// staged, renamed, deleted, untracked and stashed (its defaults draw some of them with
+/// non-ASCII symbols).
+fn stage_changes_of_every_kind(repo: &std::path::Path) {
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-C",
+            ])
+            .arg(repo)
+            .args(args))
+    };
+    for f in ["modified", "renamed", "deleted", "stashed"] {
+        std::fs::write(repo.join(f), "one\n").unwrap();
+    }
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    std::fs::write(repo.join("stashed"), "two\n").unwrap();
+    git(&["stash", "-q"]);
+    std::fs::write(repo.join("modified"), "two\n").unwrap();
+    git(&["mv", "renamed", "renamed-now"]);
+    std::fs::remove_file(repo.join("deleted")).unwrap();
+    std::fs::write(repo.join("staged"), "new\n").unwrap();
+    git(&["add", "staged"]);
+    std::fs::write(repo.join("untracked"), "new\n").unwrap();
+}
+
 /// starship from crates.io, which `scripts/test` builds into target/peers (Debian 12 has none).
 fn starship_binary() -> std::path::PathBuf {
     let p = envd_e2e::workspace_root().join("target/peers/bin/starship");
@@ -139,6 +170,7 @@ fn prompt_test(shell: Shell, prompt: Prompt) {
     run(Command::new("git")
         .args(["init", "-q", "-b", "feature-x"])
         .arg(&project));
+    stage_changes_of_every_kind(&project);
     run(Command::new("chown")
         .arg("-R")
         .arg(format!("{}:{}", user.uid, user.gid))
@@ -152,6 +184,9 @@ fn prompt_test(shell: Shell, prompt: Prompt) {
         Prompt::Starship => &[
             "[envd:demo] ",
             "git:feature-x ",
+            // starship's git status, every kind: stashed, deleted, renamed, modified, staged,
+            // untracked.
+            "[$xr!+?]",
             "py:v3.",
             "(.venv)",
             "x 1 ",
@@ -177,10 +212,10 @@ fn prompt_test(shell: Shell, prompt: Prompt) {
     // No Nerd Font (private-use) glyph anywhere, and the prompts themselves are plain ASCII, so
     // they render in any font. (fish draws its own "missing newline" mark, U+23CE, before a
     // prompt: that is fish's, so only the text from the prompt on is checked.)
+    // Private use: the BMP's area and planes 15-16 (Nerd Fonts 3's Material Design icons).
+    let private_use = |c: &char| ('\u{e000}'..='\u{f8ff}').contains(c) || *c >= '\u{f0000}';
     assert!(
-        !screen
-            .chars()
-            .any(|c| ('\u{e000}'..='\u{f8ff}').contains(&c)),
+        !screen.chars().any(|c| private_use(&c)),
         "{shell:?}: a Nerd Font glyph on screen:\n{screen}"
     );
     for line in screen.lines() {
