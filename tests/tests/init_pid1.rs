@@ -880,3 +880,76 @@ fn horust_example_files_parse() {
     // As a set: `backend.toml`-style references resolve to our names.
     envd_supervisor::config::load(&[(dir, false)]).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn failures_in_the_start_period_do_not_count() {
+    let dir = scratch();
+    let svc = |ready: &str, period: &str| {
+        format!(
+            "command = \"sleep 100\"\n[healthiness]\nfile-path = \"{ready}\"\nmax-failed = 1\ninterval = \"100ms\"\n{period}[restart]\nstrategy = \"never\"\n"
+        )
+    };
+    let (patient, impatient) = (
+        p(dir.path(), "patient.ready"),
+        p(dir.path(), "impatient.ready"),
+    );
+    write_service(
+        dir.path(),
+        "patient",
+        &svc(&patient, "start-period = \"3s\"\n"),
+    );
+    write_service(dir.path(), "impatient", &svc(&impatient, ""));
+    let init = Init::start(dir, &[], &[]);
+    // Without a start period, the first failed check counts: unhealthy, stopped, not restarted.
+    init.wait_for("impatient failed", T, |s| {
+        s.iter()
+            .any(|x| x["name"] == "impatient" && x["state"] == "failed")
+    });
+    // Within its start period, five more intervals of the same failing checks leave the other one
+    // starting (an observation window, not a synchronisation).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&init, "patient"), "starting", "{}", init.log());
+    std::fs::write(&patient, "").unwrap();
+    init.wait_for("patient healthy", T, |s| {
+        s.iter()
+            .any(|x| x["name"] == "patient" && x["health"] == "healthy")
+    });
+    assert_eq!(init.service("patient")["restarts"], 0);
+}
+
+#[test]
+fn reset_after_gives_a_service_that_ran_long_enough_its_attempts_back() {
+    let dir = scratch();
+    let svc = |stamps: &str, reset: &str| {
+        format!(
+            "command = \"/bin/sh -c 'echo x >> {stamps}; sleep 0.8; exit 1'\"\n[restart]\nstrategy = \"on-failure\"\nattempts = 1\nbackoff = \"0s\"\nreset-after = \"{reset}\"\n"
+        )
+    };
+    let (long_lived, short_lived) = (p(dir.path(), "reset.stamps"), p(dir.path(), "kept.stamps"));
+    // Each run lasts 0.8 s: longer than 300 ms, so every run earns its attempt back; shorter
+    // than 5 s, so the second failure uses up the only attempt.
+    write_service(dir.path(), "reset", &svc(&long_lived, "300ms"));
+    write_service(dir.path(), "kept", &svc(&short_lived, "5s"));
+    let init = Init::start(dir, &[], &[]);
+    init.wait_for("kept gave up", T, |s| {
+        s.iter()
+            .any(|x| x["name"] == "kept" && x["state"] == "failed")
+    });
+    let runs = |path: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(runs(&short_lived), 2, "{}", init.log());
+    let deadline = Instant::now() + T;
+    while runs(&long_lived) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "reset never restarted again: {}",
+            init.log()
+        );
+        assert_ne!(state(&init, "reset"), "failed", "{}", init.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

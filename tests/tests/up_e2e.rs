@@ -132,6 +132,26 @@ fn plain_openssh_reaches_it() {
         "numpy\n/home/envd/e2eup-project"
     );
     assert!(ssh_config_text().contains("StrictHostKeyChecking yes"));
+    // The pin is what OpenSSH checks: another key in its place is refused.
+    let known = envd_e2e::test_config_dir().join("known_hosts");
+    let pinned = std::fs::read_to_string(&known).unwrap();
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9u8bGvtVaJ0JJmEXvWoJ6x4fNwF9ojTY5HsIhKf0uX";
+    let forged: String = pinned
+        .lines()
+        .map(|l| match l.starts_with("e2eup.envd ") {
+            true => format!("e2eup.envd {other}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(forged, pinned, "no e2eup.envd line in {}", known.display());
+    std::fs::write(&known, forged).unwrap();
+    let o = run(envd_e2e::ssh().args(["-o", "BatchMode=yes", "e2eup.envd", "true"]));
+    std::fs::write(&known, pinned).unwrap();
+    assert!(
+        !o.status.success() && output_text(&o).contains("Host key verification failed"),
+        "a wrong pinned key was not refused: {}",
+        output_text(&o)
+    );
 }
 
 fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Path) {
