@@ -66,6 +66,7 @@ def build():
     config.jupyter(port=0)
     runtime.daemon(commands=[["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"]])
     runtime.expose(envd_port=8000, service="files")
+    runtime.command(commands={"hello": "echo hello-from-command"})
 "#;
 
 fn ssh_config_text() -> String {
@@ -87,6 +88,7 @@ fn up_ssh_agent_jupyter_in_chromium_restart_ls_and_down() {
     jupyter_needs_its_token_and_renders_in_chromium(&jupyter_url);
     a_killed_jupyter_is_restarted(name, &jupyter_url);
     exec_keeps_exit_codes_and_names_unknown_environments(name);
+    command_logs_describe_and_loopback_ports(name);
     down_leaves_nothing(name);
 }
 
@@ -324,6 +326,70 @@ fn exec_keeps_exit_codes_and_names_unknown_environments(name: &str) {
         output_text(&o).contains("no environment named \"e2eupp\". Did you mean \"e2eup\"?"),
         "{}",
         output_text(&o)
+    );
+}
+
+fn command_logs_describe_and_loopback_ports(name: &str) {
+    // A runtime.command by its name.
+    let o = envd(&["exec", "--name", name, "--command", "hello"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "hello-from-command"
+    );
+    // A service's log, from envd-init.
+    let o = envd(&["logs", "--name", name, "jupyter"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let log = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(
+        log.contains("jupyter"),
+        "envd logs shows no Jupyter output:\n{log}"
+    );
+    // describe: the image, every port on 127.0.0.1, the named command, the services.
+    let o = envd(&["describe", "--name", name]);
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    for needle in [
+        ":dev\n",
+        "hello: echo hello-from-command",
+        "sshd",
+        "jupyter",
+        "files",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle:?} missing from describe:\n{text}"
+        );
+    }
+    // What the engine publishes: every binding on 127.0.0.1, none on all interfaces.
+    let id = run(Command::new("docker").args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=ai.tensorchord.envd.name={name}"),
+    ]));
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    let o = run(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{json .HostConfig.PortBindings}}",
+        &id,
+    ]));
+    let bindings: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ips: Vec<&str> = bindings
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|b| b.as_array().unwrap())
+        .map(|b| b["HostIp"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        ips.len() >= 3,
+        "sshd, jupyter and files published: {bindings}"
+    );
+    assert!(
+        ips.iter().all(|ip| *ip == "127.0.0.1"),
+        "published beyond 127.0.0.1: {bindings}"
     );
 }
 
