@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""envd-sshd side by side with Debian's OpenSSH sshd, in one run, same client, same cipher.
+"""envd-sshd side by side with Debian's OpenSSH sshd, in one run, same client, same cipher and
+the same key exchange (OpenSSH would pick sntrup761x25519 with itself and curve25519 with
+envd-sshd: different work, so both are pinned to curve25519-sha256).
 
 Both servers listen on 127.0.0.1, accept the same ed25519 key and run sessions as the same user.
-Measures: median `ssh host true` latency; download (`head -c N /dev/zero` remote -> local) and
+Every measure alternates the two servers run by run and reports min / median / max.
+Measures: `ssh host true` latency; download (`head -c N /dev/zero` remote -> local) and
 upload (`cat > /dev/null` remote) throughput; `ssh -L` forwarding throughput; memory per idle
 session (PSS of all server processes, 50 sessions). Ratios are envd-sshd / OpenSSH.
 
@@ -74,7 +77,8 @@ class Server:
     def ssh(self, cipher, *extra):
         return ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", os.path.join(self.work, "id"),
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", f"UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-c", cipher, *extra]
+                "-o", f"UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-c", cipher,
+                "-o", f"KexAlgorithms={KEX}", *extra]
 
     def pids(self):
         """The server and every descendant that is an sshd/envd-sshd process."""
@@ -113,13 +117,13 @@ class Server:
             self.proc.kill()
 
 
-def latency_ms(srv, cipher, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(srv.ssh(cipher, "127.0.0.1", "true"), check=True, stdin=subprocess.DEVNULL)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+KEX = "curve25519-sha256"
+
+
+def latency_ms(srv, cipher):
+    t = time.perf_counter()
+    subprocess.run(srv.ssh(cipher, "127.0.0.1", "true"), check=True, stdin=subprocess.DEVNULL)
+    return (time.perf_counter() - t) * 1000
 
 
 def download_mibs(srv, cipher, mib):
@@ -220,39 +224,50 @@ def main():
     servers = {"envd-sshd": Server("envd", a.envd_sshd, work), "openssh": Server("openssh", a.openssh, work)}
     res = {k: {} for k in servers}
     try:
-        # Interleave the two servers in every round so both see the same machine state.
-        for name, srv in servers.items():
-            res[name]["latency"] = latency_ms(srv, a.cipher, a.runs)
-        for key, fn, mib in (("download", download_mibs, a.mib), ("upload", upload_mibs, a.mib),
-                             ("forward", forward_mibs, a.mib // 2)):
+        # Interleave the two servers run by run, which goes first alternating, so both see the
+        # same machine state.
+        def rounds(n, measure):
             samples = {k: [] for k in servers}
-            for _ in range(a.repeat):
-                for name, srv in servers.items():
-                    if key == "forward":
-                        samples[name].append(fn(srv, a.cipher, mib, sink))
-                    else:
-                        samples[name].append(fn(srv, a.cipher, mib))
+            for i in range(n):
+                order = list(servers.items())
+                for name, srv in (order if i % 2 == 0 else order[::-1]):
+                    samples[name].append(measure(srv))
+            return samples
+        for key, samples in [
+            ("latency", rounds(a.runs, lambda srv: latency_ms(srv, a.cipher))),
+            ("download", rounds(a.repeat, lambda srv: download_mibs(srv, a.cipher, a.mib))),
+            ("upload", rounds(a.repeat, lambda srv: upload_mibs(srv, a.cipher, a.mib))),
+            ("forward", rounds(a.repeat, lambda srv: forward_mibs(srv, a.cipher, a.mib // 2, sink))),
+        ]:
             for name in servers:
-                res[name][key] = statistics.median(samples[name])
+                res[name][key] = samples[name]
         for name, srv in servers.items():
-            res[name]["mem"], res[name]["idle"] = session_memory_kib(srv, a.cipher, a.sessions)
+            mem, idle = session_memory_kib(srv, a.cipher, a.sessions)
+            res[name]["mem"], res[name]["idle"] = [mem], [idle]
     finally:
         for srv in servers.values():
             srv.stop()
 
     e, o = res["envd-sshd"], res["openssh"]
     rows = [
-        ("`ssh host true` latency, median of %d" % a.runs, "latency", "ms", "lower"),
+        ("`ssh host true` latency, %d runs" % a.runs, "latency", "ms", "lower"),
         ("download `head -c %dM /dev/zero`" % a.mib, "download", "MiB/s", "higher"),
         ("upload %d MiB into `cat > /dev/null`" % a.mib, "upload", "MiB/s", "higher"),
         ("`ssh -L` forwarding, %d MiB" % (a.mib // 2), "forward", "MiB/s", "higher"),
         ("memory per idle session (PSS, %d sessions)" % a.sessions, "mem", "KiB", "lower"),
         ("server memory with no session (PSS)", "idle", "KiB", "lower"),
     ]
-    lines = ["| measure (%s) | envd-sshd | OpenSSH %s | envd-sshd / OpenSSH | better is |" % (a.cipher, openssh_version()),
+    lines = ["| measure (%s, %s) | envd-sshd (min / median / max) | OpenSSH %s (min / median / max) | ratio of medians | better is |"
+             % (a.cipher, KEX, openssh_version()),
              "|---|---:|---:|---:|---|"]
+
+    def spread(xs, unit):
+        if len(xs) == 1:
+            return f"{xs[0]:,.1f} {unit}"
+        return f"{min(xs):,.1f} / {statistics.median(xs):,.1f} / {max(xs):,.1f} {unit}"
     for label, key, unit, better in rows:
-        lines.append(f"| {label} | {e[key]:,.1f} {unit} | {o[key]:,.1f} {unit} | {e[key] / o[key]:.2f}x | {better} |")
+        ratio = statistics.median(e[key]) / statistics.median(o[key])
+        lines.append(f"| {label} | {spread(e[key], unit)} | {spread(o[key], unit)} | {ratio:.2f}x | {better} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
