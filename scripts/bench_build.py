@@ -6,8 +6,10 @@ a requirements file. The peer is a Dockerfile with the same apt packages, user a
 host's CA given to pip, as envd-rs does), built
   - on a standalone buildkitd (`--builder buildkitd`): `buildctl build --frontend dockerfile.v0
     --output type=docker | docker load`, envd-rs with `--builder unix`;
-  - on the Docker engine (`--builder moby`, the engine DOCKER_HOST names): `docker build`
-    (BuildKit), envd-rs with Docker's BuildKit.
+  - on the Docker engine (`--builder moby`, the engine DOCKER_HOST names): `docker build` as
+    Debian's docker CLI runs it (the classic builder: BuildKit needs the buildx plugin, which
+    Debian 12 does not package), `--no-cache` for the cold rows; envd-rs with the engine's
+    BuildKit.
 A third side is envd-rs with `install.uv()`: the same packages through `uv pip install`.
 
 Rows, each side in turn, the order rotating every round:
@@ -109,7 +111,7 @@ def main():
         version = subprocess.run(buildctl[:1] + ["--version"], capture_output=True, text=True).stdout.split()[2]
         where = f"standalone buildkitd {version}"
 
-        def dockerfile(path, tag):
+        def dockerfile(path, tag, cold=False):
             t0 = time.monotonic()
             build = subprocess.Popen(buildctl + ["build", "--frontend", "dockerfile.v0", "--local", f"context={path}",
                                                  "--local", f"dockerfile={path}", "--output", f"type=docker,name={tag}"],
@@ -124,13 +126,14 @@ def main():
         version = subprocess.run(["docker", "version", "-f", "{{.Server.Version}}"], capture_output=True, text=True).stdout.strip()
         where = f"Docker Engine {version}'s BuildKit"
 
-        def dockerfile(path, tag):
-            return timed(["docker", "build", "-q", "-t", tag, path], env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        def dockerfile(path, tag, cold=False):
+            no_cache = ["--no-cache"] if cold else []
+            return timed(["docker", "build", "-q", *no_cache, "-t", tag, path], env={**os.environ, "DOCKER_BUILDKIT": "0"})
 
-    def build(side, force=True):
+    def build(side, force=True, cold=False):
         path, tag = projects[side], tags[side]
         if side == "Dockerfile":
-            return dockerfile(path, tag)
+            return dockerfile(path, tag, cold)
         return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder)
 
     rows = ["cold", "one more package", "unchanged, rebuilt", "unchanged, envd's check"]
@@ -141,7 +144,7 @@ def main():
             with open(os.path.join(projects[side], "requirements.txt"), "w") as f:
                 f.write("\n".join(PIP) + "\n")
             prune()
-            times["cold"][side].append(build(side))
+            times["cold"][side].append(build(side, cold=True))
             with open(os.path.join(projects[side], "requirements.txt"), "a") as f:
                 f.write("idna\n")
             times["one more package"][side].append(build(side))

@@ -265,7 +265,8 @@ pub async fn build(
         .clone()
         .unwrap_or_else(|| format!("{}:dev", plan.name));
     let tag = opts.output.name(&tag).to_string();
-    let docker = docker::connect().await?;
+    // It imports the runtime and context images, which can take minutes for a large context.
+    let docker = docker::connect_for_transfers().await?;
     let outcome = |up_to_date: bool, digest: String, output_note| Outcome {
         tag: tag.clone(),
         program_hash: plan.program_hash.clone(),

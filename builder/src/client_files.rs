@@ -108,7 +108,7 @@ pub fn receive_archive(to: ArchiveTo) -> (ArchiveChunks, JoinHandle<anyhow::Resu
 }
 
 async fn load_into_engine(rx: mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
+    let docker = crate::docker::connect_for_transfers().await?;
     let options = bollard::query_parameters::ImportImageOptions {
         quiet: true,
         ..Default::default()

@@ -30,6 +30,16 @@ pub async fn connect() -> anyhow::Result<Docker> {
     docker.negotiate_version().await.map_err(unreachable)
 }
 
+/// How long a transfer may take: an image load, save, push or import, or a followed log, lasts as
+/// long as its data (the default client gives up on any request after 120 s, which a large
+/// image's load through a slow export exceeds).
+const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A client for transfers ([`TRANSFER_TIMEOUT`]).
+pub async fn connect_for_transfers() -> anyhow::Result<Docker> {
+    Ok(connect().await?.with_timeout(TRANSFER_TIMEOUT))
+}
+
 /// Whether an engine error says the object does not exist.
 fn is_not_found(e: &DockerError) -> bool {
     matches!(

@@ -121,7 +121,7 @@ pub async fn finish(output: &Output, name: &str) -> anyhow::Result<Option<String
     match output {
         Output::Image { push: false, .. } => Ok(None),
         Output::Image { push: true, .. } => {
-            let docker = crate::docker::connect().await?;
+            let docker = crate::docker::connect_for_transfers().await?;
             let (repo, tag) = split_tag(name);
             let mut stream = docker.push_image(
                 repo,
@@ -164,7 +164,7 @@ fn split_tag(name: &str) -> (&str, &str) {
 
 /// `docker save` through the API, to a file.
 async fn save(name: &str, dest: &Path) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
+    let docker = crate::docker::connect_for_transfers().await?;
     let mut file =
         std::fs::File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut stream = docker.export_image(name);

@@ -490,7 +490,12 @@ impl Runner for DockerRunner {
             tail,
             ..Default::default()
         };
-        let mut stream = self.docker.logs(&env.id, Some(options));
+        // A followed log lasts as long as the user watches: not under the 120 s request limit.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(std::time::Duration::from_secs(24 * 3600));
+        let mut stream = docker.logs(&env.id, Some(options));
         while let Some(chunk) = stream.next().await {
             sink.write_all(&chunk?.into_bytes())?;
             sink.flush()?;

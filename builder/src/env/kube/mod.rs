@@ -371,7 +371,7 @@ impl Runner for KubeRunner {
     /// is removed here afterwards: the node pulls from the registry, even when it shares this
     /// machine's engine (as the test cluster's does), so what works here works on a real cluster.
     async fn publish(&self, image: &str) -> anyhow::Result<String> {
-        let docker = crate::docker::connect().await?;
+        let docker = crate::docker::connect_for_transfers().await?;
         let id = crate::docker::image_id(&docker, image).await?;
         let short = id.trim_start_matches("sha256:");
         let repo = image.split(':').next().unwrap_or(image);
