@@ -127,11 +127,6 @@ pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The host's CA bundle (Debian's path), if any.
-pub fn host_ca_bundle() -> Option<Vec<u8>> {
-    std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok()
-}
-
 /// The in-container runtime a dev image gets, as the local image that carries it.
 #[derive(Debug, Clone)]
 pub struct RuntimeImage {
@@ -175,6 +170,8 @@ pub struct Plan {
     pub runtime: Option<RuntimeImage>,
     /// The build-context files the program reads.
     pub context: crate::build_context::BuildContext,
+    /// The host's CA bundle, mounted into every build step ([`crate::host::ca_bundle`]).
+    pub host_ca: Option<PathBuf>,
     /// The LLB and image config.
     pub compiled: compile::Compiled,
 }
@@ -205,13 +202,15 @@ pub fn plan(
     let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
     let (runtime_files, context_files) =
         crate::client_files::sources(features.session, runtime.as_ref(), &context);
+    let host_ca = crate::host::ca_bundle();
+    let host_ca_files = crate::client_files::host_ca_source(features.session, host_ca.as_deref());
     let compiled = compile::compile(
         &graph,
         &Inputs {
             env_name: name.clone(),
             runtime_image: runtime_files,
             program_hash: hash.clone(),
-            host_ca: host_ca_bundle(),
+            host_ca: host_ca_files,
             context_image: context_files,
             merge: features.merge,
             workdir_name: workdir_name(path),
@@ -223,6 +222,7 @@ pub fn plan(
         program_hash: hash,
         runtime,
         context,
+        host_ca,
         compiled,
     })
 }
@@ -289,6 +289,9 @@ pub async fn build(
         }
         if !plan.context.is_empty() {
             docker::ensure_context_image(&docker, &plan.context).await?;
+        }
+        if let Some(bundle) = &plan.host_ca {
+            docker::ensure_host_ca_image(&docker, bundle).await?;
         }
         solve_plan(
             opts,

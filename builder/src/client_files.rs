@@ -29,6 +29,27 @@ pub const RUNTIME_DIR: &str = "envd-runtime";
 /// The session directory holding the build context's files under `context/`.
 pub const CONTEXT_DIR: &str = "envd-context";
 
+/// The session directory holding the host's CA bundle as [`HOST_CA_FILE`].
+pub const HOST_CA_DIR: &str = "envd-host-ca";
+/// The CA bundle's name in its session directory or engine image.
+pub const HOST_CA_FILE: &str = "host-ca.crt";
+/// The engine image holding the host's CA bundle. One name whatever the bundle holds, so the
+/// LLB (and its digest) is the same on every host; BuildKit keys the steps that mount it by the
+/// image's content, so a changed bundle still reruns them.
+pub const HOST_CA_IMAGE: &str = "envd-rs/host-ca:current";
+
+/// Where the host's CA bundle comes from for this builder, when the host has one. A session
+/// directory's BuildKit cache key is its content, so it too has one name on every host.
+pub fn host_ca_source(via_session: bool, bundle: Option<&std::path::Path>) -> Option<ClientFiles> {
+    bundle.map(|_| match via_session {
+        true => ClientFiles::Session {
+            name: HOST_CA_DIR.into(),
+            content: "bundle".into(),
+        },
+        false => ClientFiles::Image(HOST_CA_IMAGE.into()),
+    })
+}
+
 /// Where the runtime binaries and the context's files come from for this builder: engine images
 /// named by their content, or session directories keyed by it.
 pub fn sources(
@@ -66,6 +87,15 @@ pub fn session_dirs(plan: &Plan) -> anyhow::Result<BTreeMap<String, LocalDir>> {
             dir.insert(bin, LocalEntry::File(0o755, Content::Host(path, size)));
         }
         dirs.insert(RUNTIME_DIR.to_string(), dir);
+    }
+    if let Some(path) = &plan.host_ca {
+        let mut dir = LocalDir::default();
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the CA bundle {}", path.display()))?
+            .len();
+        let file = LocalEntry::File(0o644, Content::Host(path.clone(), size));
+        dir.insert(HOST_CA_FILE, file);
+        dirs.insert(HOST_CA_DIR.to_string(), dir);
     }
     if !plan.context.is_empty() {
         let mut dir = LocalDir::default();

@@ -27,8 +27,18 @@ pub const RUNTIME_DIRS: [&str; 3] = ["/var/envd", "/run/envd", "/var/log/envd"];
 pub const AUTHORIZED_KEYS: &str = "/var/envd/authorized_keys";
 /// envd-sshd's host key, made at its first start; the runner reads the `.pub` beside it to pin it.
 pub const HOST_KEY: &str = "/var/envd/ssh_host_ed25519_key";
-/// Where the host's CA bundle goes in the image.
+/// Where the host's CA bundle is mounted, read-only, in build steps and in the running
+/// environment (never part of the image).
 pub const HOST_CA: &str = "/etc/envd/host-ca.crt";
+/// The variables that point TLS clients at [`HOST_CA`]: OpenSSL (Python's ssl, git, curl's
+/// OpenSSL build, uv), requests, curl, pip and Node.js (npm).
+pub const HOST_CA_VARIABLES: [&str; 5] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+];
 
 /// Container port of envd-sshd.
 pub const SSH_PORT: u16 = 2222;

@@ -132,6 +132,28 @@ pub async fn ensure_context_image(
     Ok(name)
 }
 
+/// Makes sure [`HOST_CA_IMAGE`](crate::client_files::HOST_CA_IMAGE) holds the CA bundle at
+/// `bundle` (re-imported when the bundle changed: the image is labelled with its hash).
+pub async fn ensure_host_ca_image(docker: &Docker, bundle: &Path) -> anyhow::Result<()> {
+    use crate::client_files::{HOST_CA_FILE, HOST_CA_IMAGE};
+    let data = std::fs::read(bundle)
+        .with_context(|| format!("cannot read the CA bundle {}", bundle.display()))?;
+    let hash = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&data));
+    let current = image_labels(docker, HOST_CA_IMAGE).await?;
+    if current.and_then(|l| l.get(LABEL_CONTENT).cloned()) == Some(hash.clone()) {
+        return Ok(());
+    }
+    let mut tar = tar_builder();
+    append_file(&mut tar, HOST_CA_FILE, &data, 0o644)?;
+    let (repo, tag) = HOST_CA_IMAGE.split_once(':').expect("a tagged name");
+    let label = format!("LABEL {LABEL_CONTENT}={hash}");
+    let what = "the host's CA bundle as an image";
+    import_tar_with(docker, repo, tag, tar.into_inner()?, what, vec![label]).await
+}
+
+/// The label of an imported image that names its content.
+const LABEL_CONTENT: &str = "envd-rs.content";
+
 /// `docker import` of a tar as `repo:tag` (one layer, no config).
 async fn import_tar(
     docker: &Docker,
@@ -140,10 +162,23 @@ async fn import_tar(
     tar: Vec<u8>,
     what: &str,
 ) -> anyhow::Result<()> {
+    import_tar_with(docker, repo, tag, tar, what, Vec::new()).await
+}
+
+/// [`import_tar`] with Dockerfile `changes` (such as a `LABEL`) applied to the image.
+async fn import_tar_with(
+    docker: &Docker,
+    repo: &str,
+    tag: &str,
+    tar: Vec<u8>,
+    what: &str,
+    changes: Vec<String>,
+) -> anyhow::Result<()> {
     let options = CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(repo.into()),
         tag: Some(tag.into()),
+        changes,
         ..Default::default()
     };
     let body = bollard::body_full(tar.into());

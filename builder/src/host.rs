@@ -49,6 +49,25 @@ pub(crate) fn passwd_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
+/// The CA bundle this host trusts, which build steps and the running environment trust too
+/// (behind a TLS-intercepting proxy the base image's bundle lacks its CA): `ENVD_HOST_CA` names
+/// another file, or `none` for no bundle; else the first of Debian's, Fedora's and openSUSE's
+/// paths that exists. It is mounted where needed, never copied into an image.
+pub fn ca_bundle() -> Option<PathBuf> {
+    match std::env::var_os("ENVD_HOST_CA") {
+        Some(v) if v == "none" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file()),
+    }
+}
+
 /// The user's key pair for environments.
 pub fn key_path() -> PathBuf {
     config_dir().join("id_ed25519")

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod agent;
 pub mod fuzz;
 pub mod init;
 pub mod sshd;

@@ -301,6 +301,36 @@ fn tcp_builder_through_a_loopback_relay() {
     );
 }
 
+/// The same program gives the same LLB whatever CA bundle the host trusts: the bundle is a
+/// mounted source with one name (engine image or session directory), not bytes in the LLB.
+fn the_host_ca_does_not_change_the_llb(dir: &std::path::Path) {
+    let bundles = tempfile::tempdir().unwrap();
+    let llb_with = |ca: &str, extra: &[&str]| {
+        let o = std::process::Command::new(envd_e2e::runtime_dir().join("envd"))
+            .args(["debug", "llb", "--path", dir.to_str().unwrap()])
+            .args(extra)
+            .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
+            .env("ENVD_HOST_CA", ca)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", output_text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (a, b) = (bundles.path().join("a.crt"), bundles.path().join("b.crt"));
+    std::fs::write(&a, "one host's bundle\n").unwrap();
+    std::fs::write(&b, "another host's bundle, with a proxy's CA\n").unwrap();
+    for (extra, source) in [
+        (&[][..], "envd-rs/host-ca:current"),
+        (&["--session"][..], "local://envd-host-ca"),
+    ] {
+        let first = llb_with(a.to_str().unwrap(), extra);
+        assert!(first.contains(source), "{first}");
+        assert_eq!(first, llb_with(b.to_str().unwrap(), extra));
+        let without = llb_with("none", extra);
+        assert!(!without.contains("host-ca"), "{without}");
+    }
+}
+
 #[test]
 fn debug_llb_prints_ops_and_config_without_building() {
     let root = project("e2ellb", PROGRAM);
@@ -337,6 +367,7 @@ fn debug_llb_prints_ops_and_config_without_building() {
         "{}",
         output_text(&piped)
     );
+    the_host_ca_does_not_change_the_llb(&dir);
     let out = envd(&["debug", "llb", "--path", dir.to_str().unwrap(), "--dot"]);
     let dot = output_text(&out);
     assert!(

@@ -12,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use envd_e2e::agent::SshAgent;
 use envd_e2e::{output_text, require_docker, runtime_dir, workspace_root};
 
 /// A host user the test acts as: root (the test's own) or a user it creates.
@@ -284,51 +285,18 @@ fn use_environment(user: &HostUser, dir: &Path, data: &Path, log: &str) {
     // Agent forwarding: a key held by this user's own ssh-agent is listed inside.
     let agent_dir = tempfile::Builder::new().tempdir_in(&user.home).unwrap();
     user.give(agent_dir.path());
-    let sock = agent_dir.path().join("agent.sock");
-    let key = agent_dir.path().join("id_agent");
-    let mut agent = user
-        .command("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .spawn()
-        .expect("ssh-agent");
-    let o = run(user
-        .command("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "agent-of-files-e2e",
-            "-f",
-        ])
-        .arg(&key));
-    assert!(o.status.success(), "{}", output_text(&o));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !sock.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let with_agent = format!("SSH_AUTH_SOCK={}", sock.display());
-    let o = run(user.command("env").args([&with_agent, "ssh-add"]).arg(&key));
-    assert!(o.status.success(), "{}", output_text(&o));
-    let o = run(user.command("env").args([
-        &with_agent,
-        "ssh",
-        "-A",
-        "-o",
-        "BatchMode=yes",
-        &host,
-        "ssh-add -l",
-    ]));
-    // SIGTERM, which runuser passes on to the agent (SIGKILL would leave the agent behind).
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    let as_user = |program: &str| user.command(program);
+    let agent = SshAgent::start(&agent_dir.path().join("agent.sock"), &as_user);
+    agent.add_new_key(
+        &agent_dir.path().join("id_agent"),
+        "agent-of-files-e2e",
+        &as_user,
     );
-    let _ = agent.wait();
+    let o =
+        run(agent
+            .client(&as_user, "ssh")
+            .args(["-A", "-o", "BatchMode=yes", &host, "ssh-add -l"]));
+    drop(agent);
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("agent-of-files-e2e"),
         "{}'s forwarded agent is not listed inside: {}",

@@ -15,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use envd_e2e::agent::SshAgent;
 use envd_e2e::{free_port, output_text, require_docker, runtime_dir, workspace_root};
 
 /// Long enough for a cold build of Kubernetes (about 5 minutes) while other tests load the machine.
@@ -296,47 +297,21 @@ fn ssh_runs_commands_with_the_agent_forwarded(user: &User) {
     std::fs::write(&known, pinned).unwrap();
     // A real ssh-agent here; its key listed inside.
     let agent_dir = tempfile::tempdir().unwrap();
-    let sock = agent_dir.path().join("agent.sock");
-    let key = agent_dir.path().join("id_agent");
-    let mut agent = Command::new("ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .spawn()
-        .unwrap();
-    let o = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "kube-agent-key",
-            "-f",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = Command::new("ssh-add")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
+    let launch = |program: &str| Command::new(program);
+    let agent = SshAgent::start(&agent_dir.path().join("agent.sock"), &launch);
+    agent.add_new_key(
+        &agent_dir.path().join("id_agent"),
+        "kube-agent-key",
+        &launch,
+    );
     let o = Command::new("ssh")
         .arg("-F")
         .arg(user.ssh_config())
         .args(["-A", "-o", "BatchMode=yes", "kube1.envd", "ssh-add -l"])
-        .env("SSH_AUTH_SOCK", &sock)
+        .env("SSH_AUTH_SOCK", agent.sock())
         .output()
         .unwrap();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("kube-agent-key"),
         "the forwarded agent is not listed inside: {}",

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use envd_e2e::agent::SshAgent;
 use envd_e2e::{envd, in_terminal, output_text, require_docker, workspace_root, TerminalRun, Then};
 
 fn run(cmd: &mut Command) -> Output {
@@ -221,30 +222,13 @@ fn up_in_a_terminal_keeps_it_and_opens_the_shell(name: &str, dir: &std::path::Pa
 fn agent_forwarding_lists_a_local_key() {
     // Agent forwarding: a key held by a real ssh-agent on this side is listed inside.
     let agent_dir = tempfile::tempdir().unwrap();
-    let sock = agent_dir.path().join("agent.sock");
-    let key = agent_dir.path().join("id_agent");
-    let mut agent = Command::new("ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .spawn()
-        .expect("ssh-agent");
-    let o = run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key-e2e", "-f"])
-        .arg(&key));
-    assert!(o.status.success(), "{}", output_text(&o));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = run(Command::new("ssh-add")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &sock));
-    assert!(o.status.success(), "{}", output_text(&o));
+    let launch = |program: &str| Command::new(program);
+    let agent = SshAgent::start(&agent_dir.path().join("agent.sock"), &launch);
+    agent.add_new_key(&agent_dir.path().join("id_agent"), "agent-key-e2e", &launch);
     let o = run(envd_e2e::ssh()
         .args(["-A", "-o", "BatchMode=yes", "e2eup.envd", "ssh-add -l"])
-        .env("SSH_AUTH_SOCK", &sock));
-    let _ = agent.kill();
-    let _ = agent.wait();
+        .env("SSH_AUTH_SOCK", agent.sock()));
+    drop(agent);
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("agent-key-e2e"),
         "the forwarded agent is not listed inside: {}",

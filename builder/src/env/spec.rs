@@ -11,7 +11,8 @@ use super::owner;
 use crate::build;
 use crate::contract::{
     API_PORT, AUTHORIZED_KEYS, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOME,
-    JUPYTER_PORT, LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER, SSH_PORT, VSCODE_PORT,
+    HOST_CA, HOST_CA_VARIABLES, JUPYTER_PORT, LABEL_CONTEXT, LABEL_NAME, LABEL_OWNER, SSH_PORT,
+    VSCODE_PORT,
 };
 use crate::graph::Graph;
 
@@ -241,6 +242,18 @@ fn mounts(
     Ok(mounts)
 }
 
+/// The host's CA bundle, mounted read-only, and the variables that point TLS clients at it:
+/// what the host trusts (a TLS-intercepting proxy's CA) the environment trusts while it runs,
+/// without the image carrying it.
+fn host_ca(env: &mut Vec<String>) -> Option<Mount> {
+    let bundle = crate::host::ca_bundle()?;
+    env.extend(HOST_CA_VARIABLES.map(|k| format!("{k}={HOST_CA}")));
+    Some(Mount {
+        read_only: true,
+        ..Mount::host(bundle, HOST_CA)
+    })
+}
+
 /// The environment `name` of image `image` for the project at `context`. `named` are its
 /// volumes, `(volume name, path inside)`; `extra` the `-v` mounts.
 pub fn spec(
@@ -263,12 +276,14 @@ pub fn spec(
         args.extend(["--own".to_string(), path.clone()]);
     }
     args.extend(["--api-listen".to_string(), format!("0.0.0.0:{API_PORT}")]);
+    let mut mounts = mounts(context, &workdir, graph, extra, named)?;
+    mounts.extend(host_ca(&mut env));
     Ok(EnvSpec {
         name: name.to_string(),
         image: image.to_string(),
         args,
         env,
-        mounts: mounts(context, &workdir, graph, extra, named)?,
+        mounts,
         workdir,
         labels: HashMap::from([
             (LABEL_NAME.to_string(), name.to_string()),

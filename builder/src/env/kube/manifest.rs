@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::contract::{
-    AUTHORIZED_KEYS, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, LABEL_CONTEXT,
+    AUTHORIZED_KEYS, ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD, HOST_CA, LABEL_CONTEXT,
     LABEL_NAME, LABEL_OWNER, LABEL_VOLUME_PATH,
 };
 use crate::env::spec::{EnvSpec, MountSource};
@@ -91,10 +91,36 @@ fn meta(object: &str, name: &str, owner: u32, annotations: BTreeMap<String, Stri
     }
 }
 
-/// The secrets of an environment: its tokens and password from the spec's variables, and the
-/// host user's public key (sshd's `authorized_keys`).
-pub fn secret(spec: &EnvSpec, owner: u32, pod: &str, public_key: &str) -> Secret {
+/// The host's CA bundle the spec mounts (see `spec::host_ca`), read: the node cannot see this
+/// machine's file, so it travels in the environment's secret.
+pub fn host_ca_bundle(spec: &EnvSpec) -> anyhow::Result<Option<String>> {
+    let path = spec.mounts.iter().find_map(|m| match &m.source {
+        MountSource::Host(path) if m.target == HOST_CA => Some(path),
+        _ => None,
+    });
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the CA bundle {}", p.display()))
+    })
+    .transpose()
+}
+
+/// The host's CA bundle's key in the environment's secret.
+const HOST_CA_KEY: &str = "host-ca.crt";
+
+/// The secrets of an environment: its tokens and password from the spec's variables, the host
+/// user's public key (sshd's `authorized_keys`) and the host's CA bundle.
+pub fn secret(
+    spec: &EnvSpec,
+    owner: u32,
+    pod: &str,
+    public_key: &str,
+    host_ca: Option<&str>,
+) -> Secret {
     let mut data = BTreeMap::from([("authorized_keys".to_string(), public_key.to_string())]);
+    if let Some(bundle) = host_ca {
+        data.insert(HOST_CA_KEY.to_string(), bundle.to_string());
+    }
     for key in [ENV_API_TOKEN, ENV_JUPYTER_TOKEN, ENV_VSCODE_PASSWORD] {
         if let Some(v) = spec_var(spec, key) {
             data.insert(key.to_string(), v);
@@ -201,6 +227,16 @@ fn volumes(spec: &EnvSpec, pod: &str) -> anyhow::Result<(Vec<Volume>, Vec<Volume
                 claim_volume("envd-work".into(), workdir_claim(pod))
             }
             MountSource::Host(_) if m.target == AUTHORIZED_KEYS => continue,
+            MountSource::Host(_) if m.target == HOST_CA => {
+                mounts.push(VolumeMount {
+                    name: "envd-keys".into(),
+                    mount_path: HOST_CA.into(),
+                    sub_path: Some(HOST_CA_KEY.into()),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+                continue;
+            }
             MountSource::Host(path) => bail!(
                 "{} cannot be mounted at {}: a cluster's node cannot see this machine's files. Use runtime.mount(volume=...) for data the environment keeps",
                 path.display(),
@@ -464,7 +500,7 @@ mod tests {
             .unwrap();
         let r = token.value_from.as_ref().unwrap().secret_key_ref.as_ref();
         assert_eq!(r.unwrap().name, "demo-u");
-        let s = secret(&spec(), 1234, "demo-u", "ssh-ed25519 AAAA");
+        let s = secret(&spec(), 1234, "demo-u", "ssh-ed25519 AAAA", None);
         let data = s.string_data.unwrap();
         assert_eq!(data[ENV_API_TOKEN], "secret-api");
         assert_eq!(data["authorized_keys"], "ssh-ed25519 AAAA");
@@ -473,6 +509,31 @@ mod tests {
             ..spec()
         };
         assert!(pod(&bad, 0, "x", "{}").is_err());
+    }
+
+    #[test]
+    fn the_host_ca_bundle_travels_in_the_secret_and_is_mounted_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.crt");
+        std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let mut with_ca = spec();
+        with_ca.mounts.push(Mount {
+            source: MountSource::Host(bundle),
+            target: HOST_CA.into(),
+            read_only: true,
+        });
+        let ca = host_ca_bundle(&with_ca).unwrap();
+        assert_eq!(ca.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
+        let s = secret(&with_ca, 0, "demo-u", "ssh-ed25519 AAAA", ca.as_deref());
+        assert_eq!(s.string_data.unwrap()[HOST_CA_KEY], ca.unwrap());
+        let p = pod(&with_ca, 0, "demo-u", "{}").unwrap();
+        let mounts = container(&p).volume_mounts.clone().unwrap();
+        let m = mounts.iter().find(|m| m.mount_path == HOST_CA).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.sub_path.as_deref(), m.read_only),
+            ("envd-keys", Some(HOST_CA_KEY), Some(true))
+        );
+        assert_eq!(host_ca_bundle(&spec()).unwrap(), None);
     }
 
     #[test]

@@ -409,11 +409,12 @@ impl Runner for KubeRunner {
         let runtime = serde_json::to_string(&spec.runtime)?;
         let manifest = manifest::pod(spec, uid, &pod, &runtime)?;
         let key = crate::host::ensure_user_key()?;
+        let host_ca = manifest::host_ca_bundle(spec)?;
         self.delete_secret(&pod).await?;
         (self.secrets())
             .create(
                 &PostParams::default(),
-                &manifest::secret(spec, uid, &pod, &key),
+                &manifest::secret(spec, uid, &pod, &key, host_ca.as_deref()),
             )
             .await
             .map_err(|e| self.error("cannot create the environment's secret", e))?;
