@@ -1,13 +1,27 @@
 #!/usr/bin/env python3
-"""`envd build` on a standalone buildkitd, side by side with a hand-written Dockerfile built by
-buildctl on the same buildkitd (same base, same packages, both loaded into the Docker engine),
-and the same build file with `install.uv()`, so its packages go through `uv pip install`.
+"""`envd build` side by side with a hand-written Dockerfile on the same BuildKit, and uv vs pip.
 
-Cold rounds prune buildkitd's whole cache first (layers and cache mounts, so apt and pip download
-again); warm rounds rebuild with nothing changed (`envd build --force`; buildctl as is). The two
-sides alternate, and which goes first alternates too.
+The environment: debian:bookworm, apt `jq` and Node.js (a toolchain, Debian's), pip packages from
+a requirements file. The peer is a Dockerfile with the same apt packages, user and venv (the
+host's CA given to pip, as envd-rs does), built
+  - on a standalone buildkitd (`--builder buildkitd`): `buildctl build --frontend dockerfile.v0
+    --output type=docker | docker load`, envd-rs with `--builder unix`;
+  - on the Docker engine (`--builder moby`, the engine DOCKER_HOST names): `docker build` as
+    Debian's docker CLI runs it (the classic builder: BuildKit needs the buildx plugin, which
+    Debian 12 does not package), `--no-cache` for the cold rows; envd-rs with the engine's
+    BuildKit.
+A third side is envd-rs with `install.uv()`: the same packages through `uv pip install`.
 
-Usage: scripts/bench_build.py ENVD BUILDKIT_BIN_DIR BUILDKITD_ADDRESS [--runs N] [--out FILE]
+Rows, each side in turn, the order rotating every round:
+  - cold: the builder's whole cache pruned first (layers and cache mounts);
+  - one more package: the requirements file gains `idna` (warm);
+  - unchanged, rebuilt: the same build again (`--force` for envd-rs: BuildKit solves it);
+  - unchanged, envd-rs's own check: `envd build` without `--force` (the image's label says it is
+    current; the Dockerfile has no such check, so the peer column repeats its rebuild);
+  - image size: the engine's size of each image.
+
+Usage: scripts/bench_build.py ENVD --builder buildkitd|moby [--bin DIR --address ADDR]
+       [--runs N] [--out FILE]
 """
 
 import argparse
@@ -17,20 +31,26 @@ import subprocess
 import tempfile
 import time
 
-PACKAGES_APT = "jq"
-PACKAGES_PIP = ["numpy", "six"]
-BUILD_ENVD = f"""def build():
+APT = ["jq"]
+PIP = ["numpy", "six", "requests"]
+
+
+def build_envd(python):
+    return f"""def build():
     base(image="debian:bookworm", dev=True)
-    install.python()
-    install.apt_packages(name=["{PACKAGES_APT}"])
+    {python}
+    install.apt_packages(name={APT!r})
+    install.nodejs()
     install.python_packages(requirements="requirements.txt")
-"""
-BUILD_ENVD_UV = BUILD_ENVD.replace("install.python()", "install.uv()")
-# What envd-rs's dev image holds, by hand: its apt set, the user, a venv with the packages. The
-# host's CA bundle is given to pip as envd-rs does (this machine's network intercepts TLS).
+""".replace("'", '"')
+
+
+# What envd-rs's dev image holds, by hand: its apt set with the same packages and Node.js, the
+# user, a venv with the requirements.
 DOCKERFILE = f"""FROM debian:bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends bash ca-certificates curl fish git \\
-    less locales openssh-client procps python3 python3-pip python3-venv sudo vim-tiny zsh {PACKAGES_APT}
+    less locales openssh-client procps python3 python3-pip python3-venv sudo vim-tiny zsh \\
+    nodejs npm {' '.join(APT)}
 RUN useradd -m -u 1000 -s /bin/bash envd
 COPY host-ca.crt /etc/host-ca.crt
 COPY requirements.txt /tmp/requirements.txt
@@ -46,74 +66,106 @@ def timed(cmd, **kw):
     return time.monotonic() - t0
 
 
+def image_size(tag):
+    r = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", tag], capture_output=True, text=True)
+    return int(r.stdout.strip()) / 1e6
+
+
+def project(root, name, python):
+    path = os.path.join(root, name)
+    os.makedirs(path)
+    files = {
+        "build.envd": build_envd(python),
+        "requirements.txt": "\n".join(PIP) + "\n",
+        "Dockerfile": DOCKERFILE,
+    }
+    for f, text in files.items():
+        with open(os.path.join(path, f), "w") as out:
+            out.write(text)
+    with open("/etc/ssl/certs/ca-certificates.crt", "rb") as src, open(os.path.join(path, "host-ca.crt"), "wb") as dst:
+        dst.write(src.read())
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("envd")
-    ap.add_argument("bin")
-    ap.add_argument("address")
+    ap.add_argument("--builder", choices=["buildkitd", "moby"], required=True)
+    ap.add_argument("--bin", help="directory of buildctl (buildkitd)")
+    ap.add_argument("--address", help="buildkitd's address (buildkitd)")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--out")
     a = ap.parse_args()
-    buildctl = [os.path.join(a.bin, "buildctl"), "--addr", a.address]
     work = tempfile.mkdtemp(prefix="bench-build-")
-    proj = os.path.join(work, "benchbuild")
-    os.makedirs(proj)
-    with open(os.path.join(proj, "build.envd"), "w") as f:
-        f.write(BUILD_ENVD)
-    proj_uv = os.path.join(work, "benchbuilduv")
-    os.makedirs(proj_uv)
-    with open(os.path.join(proj_uv, "build.envd"), "w") as f:
-        f.write(BUILD_ENVD_UV)
-    with open(os.path.join(proj_uv, "requirements.txt"), "w") as f:
-        f.write("\n".join(PACKAGES_PIP) + "\n")
-    with open(os.path.join(proj, "requirements.txt"), "w") as f:
-        f.write("\n".join(PACKAGES_PIP) + "\n")
-    with open(os.path.join(proj, "Dockerfile"), "w") as f:
-        f.write(DOCKERFILE)
-    with open("/etc/ssl/certs/ca-certificates.crt", "rb") as src, open(os.path.join(proj, "host-ca.crt"), "wb") as dst:
-        dst.write(src.read())
-
-    def envd_build(path=proj):
-        return timed([a.envd, "build", "--path", path, "-t", "bench/envd:build", "--force",
-                      "--builder", "unix", "--builder-address", a.address])
-
-    def dockerfile_build():
-        t0 = time.monotonic()
-        build = subprocess.Popen(buildctl + ["build", "--frontend", "dockerfile.v0", "--local", f"context={proj}",
-                                             "--local", f"dockerfile={proj}", "--output",
-                                             "type=docker,name=bench/dockerfile:build"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        load = subprocess.run(["docker", "load"], stdin=build.stdout, capture_output=True, text=True)
-        if build.wait() != 0 or load.returncode != 0:
-            raise SystemExit(f"buildctl build | docker load failed: {load.stderr}")
-        return time.monotonic() - t0
-
-    sides = {
-        "envd-rs": envd_build,
-        "Dockerfile (buildctl)": dockerfile_build,
-        "envd-rs, install.uv()": lambda: envd_build(proj_uv),
+    projects = {
+        "envd-rs": project(work, "benchpip", "install.python()"),
+        "Dockerfile": project(work, "benchfile", "install.python()"),
+        "envd-rs, uv": project(work, "benchuv", "install.uv()"),
     }
-    cold = {k: [] for k in sides}
-    warm = {k: [] for k in sides}
+    tags = {k: f"bench/{k.replace(', ', '-').replace('envd-rs', 'envd').lower()}:build" for k in projects}
+
+    if a.builder == "buildkitd":
+        buildctl = [os.path.join(a.bin, "buildctl"), "--addr", a.address]
+        envd_builder = ["--builder", "unix", "--builder-address", a.address]
+        prune = lambda: timed(buildctl + ["prune", "--all"])
+        version = subprocess.run(buildctl[:1] + ["--version"], capture_output=True, text=True).stdout.split()[2]
+        where = f"standalone buildkitd {version}"
+
+        def dockerfile(path, tag, cold=False):
+            t0 = time.monotonic()
+            build = subprocess.Popen(buildctl + ["build", "--frontend", "dockerfile.v0", "--local", f"context={path}",
+                                                 "--local", f"dockerfile={path}", "--output", f"type=docker,name={tag}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            load = subprocess.run(["docker", "load"], stdin=build.stdout, capture_output=True, text=True)
+            if build.wait() != 0 or load.returncode != 0:
+                raise SystemExit(f"buildctl build | docker load failed: {load.stderr}")
+            return time.monotonic() - t0
+    else:
+        envd_builder = []
+        prune = lambda: timed(["docker", "builder", "prune", "-af"])
+        version = subprocess.run(["docker", "version", "-f", "{{.Server.Version}}"], capture_output=True, text=True).stdout.strip()
+        where = f"Docker Engine {version}'s BuildKit"
+
+        def dockerfile(path, tag, cold=False):
+            no_cache = ["--no-cache"] if cold else []
+            return timed(["docker", "build", "-q", *no_cache, "-t", tag, path], env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+    def build(side, force=True, cold=False):
+        path, tag = projects[side], tags[side]
+        if side == "Dockerfile":
+            return dockerfile(path, tag, cold)
+        return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder)
+
+    rows = ["cold", "one more package", "unchanged, rebuilt", "unchanged, envd's check"]
+    times = {r: {s: [] for s in projects} for r in rows}
     for i in range(a.runs):
-        order = list(sides)[i % 3:] + list(sides)[:i % 3]
-        for name in order:
-            timed(buildctl + ["prune", "--all"])
-            cold[name].append(sides[name]())
-            warm[name].append(sides[name]())
+        order = list(projects)[i % 3:] + list(projects)[:i % 3]
+        for side in order:
+            with open(os.path.join(projects[side], "requirements.txt"), "w") as f:
+                f.write("\n".join(PIP) + "\n")
+            prune()
+            times["cold"][side].append(build(side, cold=True))
+            with open(os.path.join(projects[side], "requirements.txt"), "a") as f:
+                f.write("idna\n")
+            times["one more package"][side].append(build(side))
+            times["unchanged, rebuilt"][side].append(build(side))
+            times["unchanged, envd's check"][side].append(build(side, force=False))
+    sizes = {s: image_size(tags[s]) for s in projects}
+
+    med = statistics.median
+    fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f} s"
     lines = [
-        f"Standalone buildkitd ({subprocess.run(buildctl[:1] + ['--version'], capture_output=True, text=True).stdout.split()[2]}), "
-        f"apt `{PACKAGES_APT}` + pip {', '.join(PACKAGES_PIP)} on debian:bookworm, loaded into the engine; "
-        f"{a.runs} rounds, cold = whole cache pruned first.",
+        f"{where}: debian:bookworm + apt {', '.join(APT)} + Node.js + pip {', '.join(PIP)}; "
+        f"{a.runs} rounds (min / median / max), cold = the builder's cache pruned first.",
         "",
-        "| build | envd-rs (min / median / max) | Dockerfile via buildctl | ratio | envd-rs with uv | uv / pip |",
+        "| build | envd-rs | Dockerfile | envd-rs / Dockerfile | envd-rs with uv | uv / pip |",
         "|---|---|---|---|---|---|",
     ]
-    for label, data in [("cold", cold), ("no change", warm)]:
-        e, d, u = data["envd-rs"], data["Dockerfile (buildctl)"], data["envd-rs, install.uv()"]
-        fmt = lambda xs: f"{min(xs):.1f} / {statistics.median(xs):.1f} / {max(xs):.1f} s"
-        med = statistics.median
-        lines.append(f"| {label} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(u)} | {med(u) / med(e):.2f}x |")
+    for r in rows:
+        e, d, u = (times[r][s] for s in projects)
+        lines.append(f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(u)} | {med(u) / med(e):.2f}x |")
+    e, d, u = (sizes[s] for s in projects)
+    lines.append(f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {u:.0f} MB | {u / e:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -104,6 +104,17 @@ ensure_python_tools() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check ssh-audit==3.9.0 asyncssh==2.24.1
 }
 
+# envd 1.3.6 (envd's last release, a Go binary in a PyPI wheel): the independent reference the
+# compile tests check our LLB against (tests/tests/compile_reference.rs), and the compiler
+# benchmark's peer. Installed once into target/peers/envd-1.3.6.
+ensure_envd_reference() {
+  local venv=target/peers/envd-1.3.6
+  if [ -x "$venv/bin/envd" ]; then return 0; fi
+  log "installing envd 1.3.6 from PyPI into $venv (the compile tests' reference)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check envd==1.3.6
+}
+
 # playwright-core from the npm registry drives Debian's Chromium in the JupyterLab tests (it
 # downloads no browser of its own). Pinned by tests/browser/package-lock.json; installed once
 # into target/peers/browser.
