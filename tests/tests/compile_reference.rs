@@ -325,18 +325,17 @@ fn what_each_file_asks_for_reaches_our_llb_as_envd_1_3_6_reads_it() {
         }
 
         // The pip index, wherever each side puts it (a pip.conf, the steps' environment).
-        for url in ["https://mirror.example.org/simple"] {
-            assert_eq!(
-                reference.everything.contains(url),
-                *name == "pip_index",
-                "{name}: where envd 1.3.6 names the pip index"
-            );
-            assert_eq!(
-                ours.everything.contains(url),
-                reference.everything.contains(url),
-                "{name}: the pip index {url}"
-            );
-        }
+        let url = "https://mirror.example.org/simple";
+        assert_eq!(
+            reference.everything.contains(url),
+            *name == "pip_index",
+            "{name}: where envd 1.3.6 names the pip index"
+        );
+        assert_eq!(
+            ours.everything.contains(url),
+            reference.everything.contains(url),
+            "{name}: the pip index {url}"
+        );
         report.insert(*name, (apt_checked, theirs_pip.len(), runs_checked));
     }
     // Each file had something of each kind it declares checked (not a vacuous pass).
