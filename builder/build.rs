@@ -20,5 +20,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .build_client(false)
         .compile_protos(&["proto/filesync.proto"], &["proto"])?;
+    commit_id();
     Ok(())
+}
+
+/// `ENVD_COMMIT` for `envd --version`: the given one (a build from a source archive, e.g. the
+/// wheel's), else the checkout's `git rev-parse`, else "unknown". Rerun when HEAD moves.
+fn commit_id() {
+    println!("cargo:rerun-if-env-changed=ENVD_COMMIT");
+    let commit = std::env::var("ENVD_COMMIT").ok().or_else(|| {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    let git_dir = std::path::Path::new("../.git");
+    for watched in ["HEAD", "refs/heads", "packed-refs"] {
+        if git_dir.join(watched).exists() {
+            println!("cargo:rerun-if-changed=../.git/{watched}");
+        }
+    }
+    let commit = commit.unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ENVD_COMMIT={commit}");
 }

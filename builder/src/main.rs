@@ -7,9 +7,14 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 fn main() -> ExitCode {
+    // A shell asking for completions (the script `envd completion SHELL` prints sets this
+    // variable) gets them and nothing else.
+    clap_complete::CompleteEnv::with_factory(cli::Cli::command)
+        .var(cli::completion::COMPLETE_VAR)
+        .complete();
     match cli::Cli::parse().run() {
         Ok(code) => code,
         // `envd logs | head`: the reader went away; end as tools killed by SIGPIPE do.

@@ -133,6 +133,11 @@ pub async fn has_merge_op(builder: &Builder) -> bool {
 
 /// BuildKit's (major, minor), when it answers `Control.Info`.
 async fn buildkit_version(builder: &Builder) -> Option<(u64, u64)> {
+    major_minor(&buildkit_version_text(builder).await?)
+}
+
+/// BuildKit's version as it says it (`v0.13.2`), when it answers `Control.Info` within 10 s.
+pub async fn buildkit_version_text(builder: &Builder) -> Option<String> {
     let channel = connect(builder).await.ok()?;
     let mut control = control::control_client::ControlClient::new(channel);
     let ask = control.info(control::InfoRequest {});
@@ -140,7 +145,7 @@ async fn buildkit_version(builder: &Builder) -> Option<(u64, u64)> {
         .await
         .ok()?
         .ok()?;
-    major_minor(&answer.into_inner().buildkit_version?.version)
+    Some(answer.into_inner().buildkit_version?.version)
 }
 
 /// The Docker engine's major version.

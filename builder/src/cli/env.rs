@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap_complete::engine::ArgValueCandidates;
 use envd_builder::env::runner::Runner;
 use envd_builder::{build, env};
 
@@ -19,7 +20,7 @@ pub struct LsArgs {
 #[derive(clap::Args)]
 pub struct DescribeArgs {
     /// The environment.
-    #[arg(short, long)]
+    #[arg(short, long, add = ArgValueCandidates::new(super::completion::environment_names))]
     name: String,
 }
 
@@ -27,7 +28,7 @@ pub struct DescribeArgs {
 #[derive(clap::Args)]
 pub struct LogsArgs {
     /// The environment.
-    #[arg(short, long)]
+    #[arg(short, long, add = ArgValueCandidates::new(super::completion::environment_names))]
     name: String,
     /// The service (sshd, jupyter, daemon_0, ...).
     service: Option<String>,
@@ -43,7 +44,7 @@ pub struct LogsArgs {
 #[derive(clap::Args)]
 pub struct ExecArgs {
     /// The environment.
-    #[arg(short, long)]
+    #[arg(short, long, add = ArgValueCandidates::new(super::completion::environment_names))]
     name: String,
     /// Run this runtime.command from build.envd instead.
     #[arg(long, conflicts_with = "cmd")]
@@ -63,7 +64,7 @@ pub struct ExecArgs {
 #[derive(clap::Args)]
 pub struct DownArgs {
     /// The environment.
-    #[arg(short, long, conflicts_with = "path")]
+    #[arg(short, long, conflicts_with = "path", add = ArgValueCandidates::new(super::completion::environment_names))]
     name: Option<String>,
     /// The build context whose environment goes (its name is the directory's).
     #[arg(short, long)]

@@ -3,11 +3,13 @@
 //! library should.
 
 pub mod build;
+pub mod completion;
 pub mod context;
 pub mod debug;
 pub mod env;
 pub mod kube;
 pub mod up;
+pub mod version;
 
 use std::process::ExitCode;
 
@@ -16,7 +18,7 @@ use envd_builder::buildkit::connect::Builder;
 
 /// envd: reproducible development environments from a build.envd file.
 #[derive(Parser)]
-#[command(name = "envd", version)]
+#[command(name = "envd", version = version::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         what: context::Command,
     },
+    /// Versions of envd, its runtime binaries, the builder and the Docker engine.
+    Version(version::VersionArgs),
+    /// Print the script that makes SHELL complete envd's commands, flags and environment names.
+    Completion(completion::CompletionArgs),
+    /// Write envd's man pages (one per command) into a directory.
+    Man(completion::ManArgs),
     /// Developer diagnostics.
     Debug {
         #[command(subcommand)]
@@ -70,6 +78,9 @@ impl Cli {
             Command::Exec(args) => env::exec(args),
             Command::Down(args) => env::down(args),
             Command::Context { what } => context::run(what),
+            Command::Version(args) => version::run(args),
+            Command::Completion(args) => completion::completion(args),
+            Command::Man(args) => completion::man(args),
             Command::Debug { what } => debug::run(what),
             Command::KubeProxy(args) => kube::proxy(args),
             Command::KubeForward(args) => kube::serve(args),
