@@ -31,6 +31,7 @@ pub mod docker;
 pub mod env;
 pub mod graph;
 pub mod host;
+pub mod init;
 pub mod lang;
 pub mod output;
 pub mod print;

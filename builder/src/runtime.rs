@@ -28,8 +28,13 @@ pub enum RuntimeError {
     Io(PathBuf, std::io::Error),
 }
 
+/// Where a pip install (`scripts/build-wheel`) puts the runtime, relative to the prefix whose
+/// `bin/` holds `envd`.
+pub const WHEEL_RUNTIME_DIR: &str = "share/envd-rs/runtime";
+
 /// Directories searched for the runtime, in order: `$ENVD_RUNTIME_DIR`, the directory of the
-/// running `envd`, and `target/runtime` above it (for a checkout).
+/// running `envd`, `share/envd-rs/runtime` beside its `bin/` (a pip install), and
+/// `target/runtime` above it (for a checkout).
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("ENVD_RUNTIME_DIR") {
@@ -38,9 +43,11 @@ pub fn search_dirs() -> Vec<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             dirs.push(dir.to_path_buf());
-            // target/{debug,release}/envd → target/runtime
-            if let Some(target) = dir.parent() {
-                dirs.push(target.join("runtime"));
+            if let Some(parent) = dir.parent() {
+                // VENV/bin/envd → VENV/share/envd-rs/runtime
+                dirs.push(parent.join(WHEEL_RUNTIME_DIR));
+                // target/{debug,release}/envd → target/runtime
+                dirs.push(parent.join("runtime"));
             }
         }
     }

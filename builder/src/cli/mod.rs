@@ -47,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         what: context::Command,
     },
+    /// Write a commented build.envd for the project here, from its requirements.txt,
+    /// pyproject.toml or environment.yml.
+    Init(InitArgs),
     /// Versions of envd, its runtime binaries, the builder and the Docker engine.
     Version(version::VersionArgs),
     /// Print the script that makes SHELL complete envd's commands, flags and environment names.
@@ -78,6 +81,7 @@ impl Cli {
             Command::Exec(args) => env::exec(args),
             Command::Down(args) => env::down(args),
             Command::Context { what } => context::run(what),
+            Command::Init(args) => init(args),
             Command::Version(args) => version::run(args),
             Command::Completion(args) => completion::completion(args),
             Command::Man(args) => completion::man(args),
@@ -86,6 +90,28 @@ impl Cli {
             Command::KubeForward(args) => kube::serve(args),
         }
     }
+}
+
+/// `envd init`'s flags.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// The project directory.
+    #[arg(short, long, default_value = ".")]
+    path: std::path::PathBuf,
+    /// Replace an existing build.envd.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Writes the project's build file and says what it read.
+fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let (path, project) = envd_builder::init::write(&args.path, args.force)?;
+    let from = project.source.as_deref().unwrap_or("no package list");
+    envd_builder::say!(
+        "wrote {} (from {from}); `envd up` starts it",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Which BuildKit to use, shared by `envd build` and `envd up`.

@@ -1,0 +1,288 @@
+//! The everyday commands around the build: `envd init` on a real project (its result built and
+//! started on the real engine), shell completion loaded and driven in real bash, zsh and fish,
+//! man pages, and `envd version` against the engine and git.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use envd_e2e::{envd, output_text, require_docker, runtime_dir, workspace_root};
+
+fn envd_bin() -> std::path::PathBuf {
+    runtime_dir().join("envd")
+}
+
+/// What bash's completion function offers for `words` (the cursor on the last word), with the
+/// script `envd completion bash` prints loaded.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = format!(
+        "source <('{envd}' completion bash) || exit 9\n\
+         COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE=\"${{COMP_WORDS[*]}}\"; \
+         COMP_POINT=${{#COMP_LINE}}; COMP_TYPE=9\n\
+         _clap_complete_envd envd \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        envd = envd_bin().display(),
+        words = words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+        cword = words.len() - 1,
+    );
+    let o = isolated(Command::new("bash").arg("-c").arg(script))
+        .output()
+        .expect("run bash");
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// This test process's envd configuration for a command that runs envd (as `envd()` does).
+fn isolated(c: &mut Command) -> &mut Command {
+    c.env("ENVD_CONFIG_DIR", envd_e2e::test_config_dir())
+        .env("ENVD_SSH_CONFIG", envd_e2e::ssh_config_path())
+        .env("ENVD_RUNTIME_DIR", runtime_dir())
+}
+
+#[test]
+fn completion_scripts_load_in_their_shells_and_complete_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    // The script names envd's own path (symlinks resolved), so it completes off PATH too.
+    let me = std::fs::canonicalize(envd_bin()).unwrap();
+    for (shell, check) in [
+        ("bash", vec!["bash", "-n"]),
+        ("zsh", vec!["zsh", "-n"]),
+        ("fish", vec!["fish", "--no-execute"]),
+    ] {
+        let o = envd(&["completion", shell]);
+        assert!(o.status.success(), "{shell}: {}", output_text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(me.to_str().unwrap()),
+            "{shell}: the script does not call this envd back"
+        );
+        let file = dir.path().join(format!("envd.{shell}"));
+        std::fs::write(&file, &o.stdout).unwrap();
+        let o = Command::new(check[0])
+            .args(&check[1..])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("{shell} must be installed (scripts/test does): {e}"));
+        assert!(
+            o.status.success(),
+            "{shell} rejects the script: {}",
+            output_text(&o)
+        );
+    }
+    assert_eq!(bash_completes(&["envd", "des"]), ["describe"]);
+    let up_flags = bash_completes(&["envd", "up", "--det"]);
+    assert_eq!(up_flags, ["--detach"]);
+    let o = envd(&["completion", "tcsh"]);
+    assert!(!o.status.success() && output_text(&o).contains("invalid value 'tcsh'"));
+}
+
+#[test]
+fn man_pages_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = envd(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    for (page, mentions) in [
+        ("envd.1", "completion"),
+        ("envd-up.1", "\\-\\-detach"),
+        ("envd-context-create.1", "\\-\\-runner"),
+        ("envd-init.1", "\\-\\-force"),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+        assert!(
+            text.contains(mentions),
+            "{page} does not mention {mentions}"
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("-help") || n.contains("kube-")),
+        "pages for help or hidden commands: {names:?}"
+    );
+}
+
+#[test]
+fn version_names_the_commit_the_runtime_and_the_engine() {
+    require_docker();
+    let o = envd(&["--version"]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(text.trim(), format!("envd 0.1.0 (commit {head})"));
+    let o = envd(&["version", "--format", "json"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["commit"], head.as_str());
+    for r in v["runtime"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(r["version"], format!("{name} 0.1.0").as_str(), "{v}");
+    }
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    let engine = String::from_utf8_lossy(&engine.stdout).trim().to_string();
+    assert!(v["engine"].as_str().unwrap().starts_with(&engine), "{v}");
+    assert!(v["buildkit"].is_string(), "{v}");
+}
+
+/// Stops the environment when the test ends, passed or not.
+struct Down(&'static str);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = envd(&["down", "--name", self.0, "--volumes"]);
+    }
+}
+
+fn init_in(dir: &Path, force: bool) -> Output {
+    let mut args = vec!["init", "--path", dir.to_str().unwrap()];
+    if force {
+        args.push("--force");
+    }
+    envd(&args)
+}
+
+#[test]
+fn init_writes_a_build_file_that_builds_comes_up_and_completes_its_name() {
+    require_docker();
+    const NAME: &str = "e2einit";
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(NAME);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("requirements.txt"), "six==1.16.0\n").unwrap();
+    std::fs::write(dir.join("analysis.ipynb"), "{}").unwrap();
+    let o = init_in(&dir, false);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("from requirements.txt"),
+        "{}",
+        output_text(&o)
+    );
+    let written = std::fs::read_to_string(dir.join("build.envd")).unwrap();
+    assert!(written.contains("install.python_packages(requirements=\"requirements.txt\")"));
+    // An existing file is kept.
+    std::fs::write(dir.join("build.envd"), format!("{written}# mine\n")).unwrap();
+    let o = init_in(&dir, false);
+    assert!(!o.status.success() && output_text(&o).contains("does not overwrite"));
+    assert!(std::fs::read_to_string(dir.join("build.envd"))
+        .unwrap()
+        .ends_with("# mine\n"));
+
+    let _down = Down(NAME);
+    let o = envd(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let printed = output_text(&o);
+    assert!(
+        printed.contains("jupyter:"),
+        "a notebook turns Jupyter on: {printed}"
+    );
+    let o = envd(&[
+        "exec",
+        "--name",
+        NAME,
+        "-T",
+        "--",
+        "python",
+        "-c",
+        "import six; print(six.__version__)",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "1.16.0",
+        "{}",
+        output_text(&o)
+    );
+    // `--name` completes the environments there are.
+    let offered = bash_completes(&["envd", "describe", "--name", "e2ei"]);
+    assert!(offered.iter().any(|o| o == NAME), "{offered:?}");
+}
+
+#[test]
+fn the_wheel_installs_envd_with_its_runtime_and_brings_an_environment_up() {
+    require_docker();
+    const NAME: &str = "e2ewheel";
+    let wheels = workspace_root().join("target/wheels");
+    let wheel = std::fs::read_dir(&wheels)
+        .ok()
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no wheel in {}: scripts/test builds it with scripts/build-wheel",
+                wheels.display()
+            )
+        });
+    let file = wheel.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        file.starts_with("envd_rs-0.1.0-py3-none-manylinux_2_") && file.ends_with("_x86_64.whl"),
+        "{file}"
+    );
+    // A fresh virtualenv, the wheel alone (no index: nothing else is fetched).
+    let root = tempfile::tempdir().unwrap();
+    let venv = root.path().join("venv");
+    let o = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o = Command::new(venv.join("bin/pip"))
+        .args(["install", "--no-index", "--disable-pip-version-check", "-q"])
+        .arg(&wheel)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pip install: {}", output_text(&o));
+    assert!(venv.join("share/man/man1/envd-up.1").is_file());
+    let from_wheel = |args: &[&str]| {
+        Command::new(venv.join("bin/envd"))
+            .args(args)
+            .env("ENVD_CONFIG_DIR", envd_e2e::test_config_dir())
+            .env("ENVD_SSH_CONFIG", envd_e2e::ssh_config_path())
+            .env_remove("ENVD_RUNTIME_DIR")
+            .output()
+            .unwrap()
+    };
+    let o = from_wheel(&["debug", "runtime"]);
+    let runtime = venv.join("share/envd-rs/runtime");
+    assert!(
+        o.status.success()
+            && output_text(&o).contains(&format!("{}/envd-init (static)", runtime.display())),
+        "{}",
+        output_text(&o)
+    );
+    let dir = root.path().join(NAME);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("build.envd"),
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n",
+    )
+    .unwrap();
+    let _down = Down(NAME);
+    let o = from_wheel(&["up", "--path", dir.to_str().unwrap(), "--detach"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o = from_wheel(&["exec", "--name", NAME, "-T", "--", "cat", "/proc/1/comm"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "envd-init",
+        "{}",
+        output_text(&o)
+    );
+}
