@@ -243,6 +243,18 @@ fn jupyter_needs_its_token_and_renders_in_chromium(jupyter_url: &str) {
     assert_eq!(http_status(&api), "200");
     assert_eq!(http_status(api.split('?').next().unwrap()), "403");
 
+    // JupyterLab reads its news and update checks as off (it would otherwise ask on first
+    // open whether to fetch news from the internet): its settings API, as the page reads it.
+    let settings = jupyter_url.replace(
+        "/lab?token=",
+        "/lab/api/settings/@jupyterlab/apputils-extension:notification?token=",
+    );
+    let o = run(Command::new("curl").args(["-sf", &settings]));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+    assert_eq!(answer["settings"]["fetchNews"], "false", "{answer}");
+    assert_eq!(answer["settings"]["checkForUpdates"], false, "{answer}");
+
     // Headless Chromium renders JupyterLab: the page title, the lab shell and the project's
     // build.envd in the file browser (fetched with the token by the page's own scripts).
     let chromium_args = [

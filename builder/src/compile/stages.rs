@@ -375,6 +375,7 @@ impl<'g> Chain<'g> {
             .collect();
         let mut home_files: Vec<(String, String)> = shell_files(self.g, ctx, self.conda);
         home_files.extend(git_config(self.g));
+        home_files.extend(jupyter_settings(self.g));
         let dirs: Vec<Dir> = [
             ("/usr", 0o755, None),
             ("/usr/local", 0o755, None),
@@ -539,6 +540,18 @@ fn shell_files(g: &Graph, ctx: &Inputs, conda: bool) -> Vec<(String, String)> {
 }
 
 /// `git_config(...)` as `~/.gitconfig`.
+/// JupyterLab's user settings with its news and update checks off: JupyterLab 4 otherwise asks
+/// on first open whether to fetch news from the internet. The user's own settings file, so the
+/// user can turn them on in JupyterLab's settings editor.
+fn jupyter_settings(g: &Graph) -> Option<(String, String)> {
+    g.config.jupyter.as_ref()?;
+    let path = format!(
+        "{HOME}/.jupyter/lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings"
+    );
+    let text = "{\n    // Written by envd: no news or update checks from the internet unless you turn them on.\n    \"fetchNews\": \"false\",\n    \"checkForUpdates\": false\n}\n";
+    Some((path, text.to_string()))
+}
+
 fn git_config(g: &Graph) -> Option<(String, String)> {
     let gc = g.git_config.as_ref()?;
     let mut text = String::from("[user]\n");
