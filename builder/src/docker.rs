@@ -16,6 +16,8 @@ use bollard::query_parameters::{CreateImageOptions, InspectContainerOptions, Lis
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::contract::{LABEL_DEV, LABEL_DIGEST};
+
 /// Connects to the Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`) and agrees on an API
 /// version, so an older engine (Debian's 20.10 speaks 1.41) is spoken to in its own version.
 pub async fn connect() -> anyhow::Result<Docker> {
@@ -82,6 +84,63 @@ pub async fn local_image_tags(docker: &Docker) -> anyhow::Result<Vec<String>> {
         .flat_map(|i| i.repo_tags)
         .filter(|t| t != "<none>:<none>" && !t.ends_with(":dev"))
         .collect())
+}
+
+/// An image envd built, as `envd images` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuiltImage {
+    /// Its `repo:tag` names.
+    pub tags: Vec<String>,
+    /// The image id (`sha256:...`).
+    pub id: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// When it was made (Unix seconds).
+    pub created: i64,
+    /// Whether it is a development environment's image (`dev=True`).
+    pub dev: bool,
+    /// The containers (running or stopped) made from it.
+    pub used_by: Vec<String>,
+}
+
+/// The images envd built (they carry the program-hash label), newest first, with the
+/// containers that use each.
+pub async fn built_images(docker: &Docker) -> anyhow::Result<Vec<BuiltImage>> {
+    use bollard::query_parameters::ListContainersOptions;
+    let filters = HashMap::from([("label".to_string(), vec![LABEL_DIGEST.to_string()])]);
+    let options = ListImagesOptions {
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let images =
+        (docker.list_images(Some(options)).await).context("cannot list the engine's images")?;
+    let all = ListContainersOptions {
+        all: true,
+        ..Default::default()
+    };
+    let containers =
+        (docker.list_containers(Some(all)).await).context("cannot list the engine's containers")?;
+    let mut built: Vec<BuiltImage> = images
+        .into_iter()
+        .map(|i| BuiltImage {
+            used_by: (containers.iter())
+                .filter(|c| c.image_id.as_deref() == Some(i.id.as_str()))
+                .flat_map(|c| c.names.iter().flatten())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .collect(),
+            tags: i
+                .repo_tags
+                .into_iter()
+                .filter(|t| t != "<none>:<none>")
+                .collect(),
+            dev: i.labels.get(LABEL_DEV).is_some_and(|v| v == "true"),
+            id: i.id,
+            size: i.size,
+            created: i.created,
+        })
+        .collect();
+    built.sort_by_key(|i| std::cmp::Reverse(i.created));
+    Ok(built)
 }
 
 /// Makes sure the local image `repo:tag` holds `/envd-init` and `/envd-sshd` from `dir`.

@@ -158,7 +158,7 @@ fn init_in(dir: &Path, force: bool) -> Output {
 }
 
 #[test]
-fn init_writes_a_build_file_that_builds_comes_up_and_completes_its_name() {
+fn init_writes_a_build_file_that_comes_up_is_listed_in_images_and_completes_its_name() {
     require_docker();
     const NAME: &str = "e2einit";
     let root = tempfile::tempdir().unwrap();
@@ -206,6 +206,31 @@ fn init_writes_a_build_file_that_builds_comes_up_and_completes_its_name() {
         "1.16.0",
         "{}",
         output_text(&o)
+    );
+    // `envd images` lists the image with the environment that uses it.
+    let o = envd(&["images", "--format", "json"]);
+    let images: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = (images.as_array().unwrap().iter())
+        .find(|i| {
+            i["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "e2einit:dev")
+        })
+        .unwrap_or_else(|| panic!("e2einit:dev not listed: {images}"));
+    assert!(ours["size"].as_i64().unwrap() > 100_000_000, "{ours}");
+    assert!(ours["dev"] == true, "{ours}");
+    let users = ours["used_by"].as_array().unwrap();
+    assert!(
+        users.iter().any(|u| u.as_str().unwrap().starts_with(NAME)),
+        "{ours}"
+    );
+    let o = envd(&["images"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.starts_with("IMAGE") && table.contains("e2einit:dev"),
+        "{table}"
     );
     // `--name` completes the environments there are.
     let offered = bash_completes(&["envd", "describe", "--name", "e2ei"]);

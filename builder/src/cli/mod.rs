@@ -7,6 +7,7 @@ pub mod completion;
 pub mod context;
 pub mod debug;
 pub mod env;
+pub mod images;
 pub mod kube;
 pub mod up;
 pub mod version;
@@ -50,6 +51,8 @@ enum Command {
     /// Write a commented build.envd for the project here, from its requirements.txt,
     /// pyproject.toml or environment.yml.
     Init(InitArgs),
+    /// List the images envd built, with size, age and the environments using them.
+    Images(images::ImagesArgs),
     /// Versions of envd, its runtime binaries, the builder and the Docker engine.
     Version(version::VersionArgs),
     /// Print the script that makes SHELL complete envd's commands, flags and environment names.
@@ -82,6 +85,7 @@ impl Cli {
             Command::Down(args) => env::down(args),
             Command::Context { what } => context::run(what),
             Command::Init(args) => init(args),
+            Command::Images(args) => images::run(args),
             Command::Version(args) => version::run(args),
             Command::Completion(args) => completion::completion(args),
             Command::Man(args) => completion::man(args),

@@ -1,0 +1,100 @@
+//! `envd images`: the images envd built, with their size, age and the environments using them.
+
+use std::process::ExitCode;
+
+use envd_builder::docker::BuiltImage;
+
+/// `envd images`'s flags.
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// table or json.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+/// Lists the images.
+pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let images = super::tokio()?.block_on(async {
+        let docker = envd_builder::docker::connect().await?;
+        envd_builder::docker::built_images(&docker).await
+    })?;
+    if args.format == "json" {
+        envd_builder::say!("{}", serde_json::to_string_pretty(&images)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let rows: Vec<[String; 5]> = images.iter().map(|i| row(i, now)).collect();
+    let header = ["IMAGE", "ID", "SIZE", "CREATED", "USED BY"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = (r.iter().zip(widths))
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        envd_builder::say!("{}", cells.join("  ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(i: &BuiltImage, now: i64) -> [String; 5] {
+    let name = i
+        .tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "<untagged>".into());
+    let id =
+        i.id.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+    let used = if i.used_by.is_empty() {
+        "-".to_string()
+    } else {
+        i.used_by.join(", ")
+    };
+    [name, id, size(i.size), age(now - i.created), used]
+}
+
+/// `741 MB`, `2.1 GB`.
+fn size(bytes: i64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 1000.0 {
+        format!("{:.1} GB", mb / 1000.0)
+    } else {
+        format!("{mb:.0} MB")
+    }
+}
+
+/// `12 seconds ago`, `5 minutes ago`, `3 hours ago`, `2 days ago`.
+fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (n, unit) = match s {
+        0..=119 => (s, "seconds"),
+        120..=7199 => (s / 60, "minutes"),
+        7200..=172_799 => (s / 3600, "hours"),
+        _ => (s / 86_400, "days"),
+    };
+    format!("{n} {unit} ago")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_as_people_say_them() {
+        assert_eq!(size(740_500_000), "740 MB");
+        assert_eq!(size(2_140_000_000), "2.1 GB");
+        assert_eq!(age(5), "5 seconds ago");
+        assert_eq!(age(600), "10 minutes ago");
+        assert_eq!(age(3 * 3600), "3 hours ago");
+        assert_eq!(age(3 * 86_400), "3 days ago");
+        assert_eq!(age(-4), "0 seconds ago");
+    }
+}
