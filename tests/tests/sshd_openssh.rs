@@ -510,6 +510,106 @@ fn remote_forwarding_binds_loopback_and_cancels() {
     }
 }
 
+/// The address `ss` shows a listener on `port` bound to.
+fn bound_address(port: u16) -> String {
+    let ss = Command::new("ss").args(["-ltnH"]).output().unwrap();
+    stdout(&ss)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .find(|a| a.ends_with(&format!(":{port}")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `ssh -N -R spec` to the server, exiting when the forward fails.
+fn remote_forward(s: &Sshd, spec: &str) -> std::process::Child {
+    s.ssh()
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-R", spec])
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn gateway_ports_decides_whether_remote_forwards_leave_loopback() {
+    let target = echo_server("gw:");
+    // Without --gateway-ports: a wildcard request binds loopback, another address is refused.
+    let s = Sshd::start(&[]);
+    let port = free_port();
+    let _fwd = Bg(remote_forward(
+        &s,
+        &format!("0.0.0.0:{port}:127.0.0.1:{target}"),
+    ));
+    wait_port(port);
+    assert_eq!(bound_address(port), format!("127.0.0.1:{port}"));
+    assert_eq!(roundtrip(port, "a"), "gw:a");
+    let refused = remote_forward(&s, &format!("192.0.2.1:{}:127.0.0.1:{target}", free_port()));
+    let o = wait_with_deadline(refused, Duration::from_secs(10));
+    assert!(
+        !o.status.success() && stderr(&o).contains("remote port forwarding failed"),
+        "a non-loopback bind without --gateway-ports: {}",
+        stderr(&o)
+    );
+    // With it: the wildcard is every address.
+    let s = Sshd::start(&["--gateway-ports"]);
+    let port = free_port();
+    let _fwd = Bg(remote_forward(
+        &s,
+        &format!("0.0.0.0:{port}:127.0.0.1:{target}"),
+    ));
+    wait_port(port);
+    assert_eq!(bound_address(port), format!("0.0.0.0:{port}"));
+    assert_eq!(roundtrip(port, "b"), "gw:b");
+}
+
+/// Waits for a child, killing it (and failing) after `limit`.
+fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_streamlocal_remote_forward_relays_a_unix_socket_to_the_client() {
+    let s = Sshd::start(&[]);
+    let target = echo_server("unix:");
+    let sock = s.path("remote.sock");
+    let _fwd = Bg(remote_forward(
+        &s,
+        &format!("{}:127.0.0.1:{target}", sock.display()),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never made {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64];
+    while !reply.ends_with(b"hello") {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer through the forwarded socket within 5 s: {e}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&reply), "unix:hello");
+}
+
 #[test]
 fn sftp_and_scp_move_files_intact() {
     let s = Sshd::start(&[]);
