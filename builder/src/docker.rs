@@ -43,7 +43,7 @@ pub async fn connect_for_transfers() -> anyhow::Result<Docker> {
 }
 
 /// Whether an engine error says the object does not exist.
-fn is_not_found(e: &DockerError) -> bool {
+pub fn is_not_found(e: &DockerError) -> bool {
     matches!(
         e,
         DockerError::DockerResponseServerError {

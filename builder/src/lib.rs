@@ -35,5 +35,6 @@ pub mod init;
 pub mod lang;
 pub mod output;
 pub mod print;
+pub mod prune;
 pub mod random;
 pub mod runtime;

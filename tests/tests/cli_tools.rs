@@ -311,3 +311,132 @@ fn the_wheel_installs_envd_with_its_runtime_and_brings_an_environment_up() {
         output_text(&o)
     );
 }
+
+/// Docker Engine 26 beside the system's (`scripts/engine26-up`, idempotent): an engine of this
+/// test's own, as the suite's other tests build images a prune would remove. Its DOCKER_HOST.
+fn own_engine() -> String {
+    let o = Command::new("timeout")
+        .arg("600")
+        .arg(workspace_root().join("scripts/engine26-up"))
+        .output()
+        .expect("run scripts/engine26-up");
+    assert!(
+        o.status.success(),
+        "scripts/engine26-up: {}",
+        output_text(&o)
+    );
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.lines()
+        .last()
+        .expect("engine26-up prints DOCKER_HOST")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn prune_asks_then_removes_my_stopped_environments_and_what_nothing_uses() {
+    let host = own_engine();
+    let docker = |args: &[&str]| {
+        let o = Command::new("docker")
+            .env("DOCKER_HOST", &host)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "docker {args:?}: {}", output_text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let exists = |kind: &str, name: &str| {
+        Command::new("docker")
+            .env("DOCKER_HOST", &host)
+            .args([kind, "inspect", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // Two images as envd labels its builds (one file each), a stopped environment of mine on
+    // the first, another user's on the second, and an image of nobody's.
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("layer.tar");
+    let mut t = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append_data(&mut h, "marker", &b"hi\n"[..]).unwrap();
+    t.finish().unwrap();
+    let label = "LABEL ai.tensorchord.envd.build.digest=prune-test";
+    for tag in ["prune-mine:dev", "prune-theirs:dev", "prune-free:dev"] {
+        docker(&["import", "--change", label, tar.to_str().unwrap(), tag]);
+    }
+    let _ = Command::new("docker")
+        .env("DOCKER_HOST", &host)
+        .args(["rm", "-f", "prune-mine.root", "prune-theirs.ada"])
+        .output();
+    let env_labels = |name: &str, owner: &str| {
+        vec![
+            "--label".to_string(),
+            format!("ai.tensorchord.envd.name={name}"),
+            "--label".to_string(),
+            format!("ai.tensorchord.envd.owner={owner}"),
+        ]
+    };
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    let mut create = vec![
+        "create".to_string(),
+        "--name".into(),
+        "prune-mine.root".into(),
+    ];
+    create.extend(env_labels("prune-mine", &uid));
+    create.extend(["prune-mine:dev".into(), "true".into()]);
+    docker(&create.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut create = vec![
+        "create".to_string(),
+        "--name".into(),
+        "prune-theirs.ada".into(),
+    ];
+    create.extend(env_labels("prune-theirs", "4242"));
+    create.extend(["prune-theirs:dev".into(), "true".into()]);
+    docker(&create.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let prune = |args: &[&str]| {
+        isolated(Command::new(envd_bin()).arg("prune").args(args))
+            .env("DOCKER_HOST", &host)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Without a terminal to ask at and without --force: it lists, refuses, removes nothing.
+    let o = prune(&[]);
+    let text = output_text(&o);
+    assert!(
+        !o.status.success() && text.contains("--force removes without asking"),
+        "{text}"
+    );
+    for listed in [
+        "stopped environment prune-mine (container prune-mine.root)",
+        "image prune-mine:dev",
+        "image prune-free:dev",
+    ] {
+        assert!(text.contains(listed), "{listed:?} not listed: {text}");
+    }
+    assert!(
+        !text.contains("prune-theirs"),
+        "another user's environment or its image listed: {text}"
+    );
+    assert!(exists("container", "prune-mine.root") && exists("image", "prune-free:dev"));
+    // --force: mine and what nothing uses go; another user's environment and its image stay.
+    let o = prune(&["--force"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        !exists("container", "prune-mine.root"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!exists("image", "prune-mine:dev") && !exists("image", "prune-free:dev"));
+    assert!(exists("container", "prune-theirs.ada") && exists("image", "prune-theirs:dev"));
+    let o = prune(&["--force"]);
+    assert!(!output_text(&o).contains("prune-"), "{}", output_text(&o));
+    docker(&["rm", "prune-theirs.ada"]);
+    docker(&["rmi", "prune-theirs:dev"]);
+}

@@ -1,5 +1,7 @@
-//! `envd images`: the images envd built, with their size, age and the environments using them.
+//! `envd images`: the images envd built, with their size, age and the environments using them;
+//! `envd prune`: what of them nothing uses any more (see [`envd_builder::prune`]).
 
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use envd_builder::docker::BuiltImage;
@@ -40,6 +42,82 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
         envd_builder::say!("{}", cells.join("  ").trim_end());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `envd prune`'s flags.
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Remove without asking.
+    #[arg(short, long)]
+    force: bool,
+    /// Also remove the engine's build cache (apt and pip downloads too: the next build fetches
+    /// them again).
+    #[arg(long)]
+    cache: bool,
+    /// With --cache: only the cache older than this (a Go duration, e.g. 24h).
+    #[arg(long, requires = "cache")]
+    cache_older_than: Option<String>,
+}
+
+/// Shows what would go, asks, removes.
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    super::tokio()?.block_on(async {
+        let docker = envd_builder::docker::connect().await?;
+        let plan = envd_builder::prune::plan(&docker).await?;
+        for (env, container) in &plan.environments {
+            envd_builder::say!("stopped environment {env} (container {container})");
+        }
+        for i in &plan.images {
+            let name = i.tags.first().cloned().unwrap_or_else(|| i.id.clone());
+            envd_builder::say!("image {name} ({})", size(i.size));
+        }
+        for h in &plan.helpers {
+            envd_builder::say!("helper image {}", h.tag);
+        }
+        if args.cache {
+            let age = (args.cache_older_than.as_deref())
+                .map_or(String::new(), |d| format!(" older than {d}"));
+            envd_builder::say!("the engine's build cache{age}");
+        } else if plan.is_empty() {
+            envd_builder::say!("nothing to prune");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !args.force && !confirmed()? {
+            return Ok(ExitCode::FAILURE);
+        }
+        let failed = envd_builder::prune::apply(&docker, &plan).await;
+        for f in &failed {
+            eprintln!("envd: kept {f}");
+        }
+        let removed = plan.environments.len() + plan.images.len() + plan.helpers.len();
+        envd_builder::say!("removed {} of {removed}", removed - failed.len());
+        if args.cache {
+            let older = args.cache_older_than.as_deref();
+            let bytes = envd_builder::prune::build_cache(&docker, older).await?;
+            envd_builder::say!("build cache: {} reclaimed", size(bytes));
+        }
+        Ok(if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// Asks at a terminal; refuses where nobody can answer.
+fn confirmed() -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("envd prune asks before it removes anything, and no terminal can answer; --force removes without asking");
+    }
+    print!("Remove these? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes");
+    if !yes {
+        envd_builder::say!("nothing removed");
+    }
+    Ok(yes)
 }
 
 fn row(i: &BuiltImage, now: i64) -> [String; 5] {

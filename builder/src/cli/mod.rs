@@ -53,6 +53,9 @@ enum Command {
     Init(InitArgs),
     /// List the images envd built, with size, age and the environments using them.
     Images(images::ImagesArgs),
+    /// Remove your stopped environments and the images and helper images nothing uses (asks
+    /// first; --cache also the build cache).
+    Prune(images::PruneArgs),
     /// Versions of envd, its runtime binaries, the builder and the Docker engine.
     Version(version::VersionArgs),
     /// Print the script that makes SHELL complete envd's commands, flags and environment names.
@@ -86,6 +89,7 @@ impl Cli {
             Command::Context { what } => context::run(what),
             Command::Init(args) => init(args),
             Command::Images(args) => images::run(args),
+            Command::Prune(args) => images::prune(args),
             Command::Version(args) => version::run(args),
             Command::Completion(args) => completion::completion(args),
             Command::Man(args) => completion::man(args),
