@@ -446,6 +446,64 @@ fn a_port_in_use_is_named() {
 }
 
 #[test]
+fn ssh_works_before_every_service_is_healthy() {
+    // A daemon that can start only after an 8 s init step: `envd up` waits for it, while the
+    // SSH entry is written as soon as sshd answers, so `ssh NAME.envd` works meanwhile.
+    require_docker();
+    let (_root, dir) = project(
+        "e2eearly",
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    runtime.init([\"sleep 8\"])\n    runtime.daemon(commands=[[\"sleep\", \"infinity\"]])\n",
+    );
+    let _down = Down("e2eearly");
+    let o = envd(&["build", "--path", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let started = Instant::now();
+    let mut up = Command::new(envd_e2e::runtime_dir().join("envd"))
+        .args(["up", "--path", dir.to_str().unwrap(), "--detach"])
+        .env("ENVD_CONFIG_DIR", envd_e2e::test_config_dir())
+        .env("ENVD_SSH_CONFIG", envd_e2e::ssh_config_path())
+        .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ssh_at = loop {
+        let o = run(envd_e2e::ssh().args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=2",
+            "e2eearly.envd",
+            "echo in",
+        ]));
+        if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "in" {
+            break started.elapsed();
+        }
+        if let Some(status) = up.try_wait().unwrap() {
+            let out = up.wait_with_output().unwrap();
+            panic!(
+                "envd up ended ({status}) before ssh ever worked: {}",
+                output_text(&out)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "ssh never worked: {}",
+            output_text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let still_waiting = up.try_wait().unwrap().is_none();
+    let out = up.wait_with_output().unwrap();
+    let all_at = started.elapsed();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        still_waiting && all_at >= Duration::from_secs(8),
+        "ssh worked at {ssh_at:?}, envd up returned at {all_at:?} (still waiting then: {still_waiting})"
+    );
+}
+
+#[test]
 fn a_failing_service_is_reported_with_its_log() {
     require_docker();
     let (_root, dir) = project(
