@@ -447,13 +447,19 @@ fn a_port_in_use_is_named() {
 
 #[test]
 fn ssh_works_before_every_service_is_healthy() {
-    // A daemon that can start only after an 8 s init step: `envd up` waits for it, while the
-    // SSH entry is written as soon as sshd answers, so `ssh NAME.envd` works meanwhile.
+    // A service that becomes healthy only 8 s after it starts (its health check is a file it
+    // makes then): `envd up` waits for it, while the SSH entry is written as soon as sshd
+    // answers, so `ssh NAME.envd` works meanwhile.
     require_docker();
     let (_root, dir) = project(
         "e2eearly",
-        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    runtime.init([\"sleep 8\"])\n    runtime.daemon(commands=[[\"sleep\", \"infinity\"]])\n",
+        "def build():\n    base(image=\"debian:bookworm\", dev=True)\n    io.copy(source=\"slow.toml\", target=\"/etc/envd/services/slow.toml\")\n",
     );
+    std::fs::write(
+        dir.join("slow.toml"),
+        "command = \"/bin/sh -c 'rm -f /tmp/slow-ready; sleep 8; touch /tmp/slow-ready; exec sleep infinity'\"\n\n[healthiness]\nfile-path = \"/tmp/slow-ready\"\nstart-period = \"30s\"\n",
+    )
+    .unwrap();
     let _down = Down("e2eearly");
     let o = envd(&["build", "--path", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", output_text(&o));
