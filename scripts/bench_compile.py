@@ -26,6 +26,14 @@ def timed(cmd, cwd, env):
     return time.monotonic() - t, r
 
 
+def spread(times, files):
+    """min / median / max of the files' median times, in ms."""
+    xs = [times[f] * 1000 for f in files]
+    if not xs:
+        return "n/a"
+    return f"{min(xs):.1f} / {statistics.median(xs):.1f} / {max(xs):.1f} ms"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("ours")
@@ -109,6 +117,8 @@ def main():
         f"{so / st if st else float('nan'):.3f}x |",
         f"| per file (median) | {per_o * 1000:.1f} ms | {per_t * 1000:.1f} ms | "
         f"{per_o / per_t if per_t else float('nan'):.3f}x |",
+        f"| per file, min / median / max over the files | {spread(t_ours, both)} | "
+        f"{spread(t_theirs, both)} | |",
         "",
         f"Compiled by envd-rs only: {len(only_ours)}; by envd 1.3.6 only: {len(only_theirs)}; "
         f"by neither: {len(neither)}.",
