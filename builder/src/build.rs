@@ -202,7 +202,7 @@ pub fn plan(
     let hash = program_hash(&graph, &format!("{runtime_tag}{}", context.hash), &name);
     let (runtime_files, context_files) =
         crate::client_files::sources(features.session, runtime.as_ref(), &context);
-    let host_ca = crate::host::ca_bundle();
+    let host_ca = crate::host::ca_bundle()?;
     let host_ca_files = crate::client_files::host_ca_source(features.session, host_ca.as_deref());
     let compiled = compile::compile(
         &graph,

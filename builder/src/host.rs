@@ -52,19 +52,29 @@ pub(crate) fn passwd_home() -> PathBuf {
 /// The CA bundle this host trusts, which build steps and the running environment trust too
 /// (behind a TLS-intercepting proxy the base image's bundle lacks its CA): `ENVD_HOST_CA` names
 /// another file, or `none` for no bundle; else the first of Debian's, Fedora's and openSUSE's
-/// paths that exists. It is mounted where needed, never copied into an image.
-pub fn ca_bundle() -> Option<PathBuf> {
+/// paths that exists. It is mounted where needed, never copied into an image. A named file that
+/// does not exist is an error, not a silent fallback (Docker would mount an empty directory).
+pub fn ca_bundle() -> anyhow::Result<Option<PathBuf>> {
     match std::env::var_os("ENVD_HOST_CA") {
-        Some(v) if v == "none" => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => [
+        Some(v) if v == "none" => Ok(None),
+        Some(v) => {
+            let path = PathBuf::from(v);
+            if !path.is_file() {
+                anyhow::bail!(
+                    "ENVD_HOST_CA={}: no such file (name a CA bundle, or `none` for none)",
+                    path.display()
+                );
+            }
+            Ok(Some(path))
+        }
+        None => Ok([
             "/etc/ssl/certs/ca-certificates.crt",
             "/etc/pki/tls/certs/ca-bundle.crt",
             "/etc/ssl/ca-bundle.pem",
         ]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| p.is_file()),
+        .find(|p| p.is_file())),
     }
 }
 

@@ -100,10 +100,12 @@ pub fn ssh() -> Command {
     c
 }
 
-/// Points a command at this test process's envd configuration.
-fn isolated(cmd: &mut Command) -> &mut Command {
+/// Points a command (envd, or a shell that runs it) at this test process's envd configuration
+/// and the runtime directory.
+pub fn isolated(cmd: &mut Command) -> &mut Command {
     cmd.env("ENVD_CONFIG_DIR", test_config_dir())
         .env("ENVD_SSH_CONFIG", ssh_config_path())
+        .env("ENVD_RUNTIME_DIR", runtime_dir())
 }
 
 /// Runs our `envd` (from the runtime directory, which it also uses for the in-image runtime)
@@ -111,7 +113,6 @@ fn isolated(cmd: &mut Command) -> &mut Command {
 pub fn envd(args: &[&str]) -> Output {
     isolated(&mut Command::new(runtime_dir().join("envd")))
         .args(args)
-        .env("ENVD_RUNTIME_DIR", runtime_dir())
         .output()
         .expect("run envd")
 }

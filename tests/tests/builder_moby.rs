@@ -329,6 +329,19 @@ fn the_host_ca_does_not_change_the_llb(dir: &std::path::Path) {
         let without = llb_with("none", extra);
         assert!(!without.contains("host-ca"), "{without}");
     }
+    // A bundle named but missing is an error that says so, not a silent fallback.
+    let o = std::process::Command::new(envd_e2e::runtime_dir().join("envd"))
+        .args(["debug", "llb", "--path", dir.to_str().unwrap()])
+        .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
+        .env("ENVD_HOST_CA", "/no/such/bundle.crt")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success()
+            && output_text(&o).contains("ENVD_HOST_CA=/no/such/bundle.crt: no such file"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 #[test]

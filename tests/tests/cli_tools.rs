@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use envd_e2e::{envd, output_text, require_docker, runtime_dir, workspace_root};
+use envd_e2e::{envd, isolated, output_text, require_docker, runtime_dir, workspace_root};
 
 fn envd_bin() -> std::path::PathBuf {
     runtime_dir().join("envd")
@@ -33,13 +33,6 @@ fn bash_completes(words: &[&str]) -> Vec<String> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect()
-}
-
-/// This test process's envd configuration for a command that runs envd (as `envd()` does).
-fn isolated(c: &mut Command) -> &mut Command {
-    c.env("ENVD_CONFIG_DIR", envd_e2e::test_config_dir())
-        .env("ENVD_SSH_CONFIG", envd_e2e::ssh_config_path())
-        .env("ENVD_RUNTIME_DIR", runtime_dir())
 }
 
 #[test]

@@ -464,11 +464,8 @@ fn ssh_works_before_every_service_is_healthy() {
     let o = envd(&["build", "--path", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", output_text(&o));
     let started = Instant::now();
-    let mut up = Command::new(envd_e2e::runtime_dir().join("envd"))
+    let mut up = envd_e2e::isolated(&mut Command::new(envd_e2e::runtime_dir().join("envd")))
         .args(["up", "--path", dir.to_str().unwrap(), "--detach"])
-        .env("ENVD_CONFIG_DIR", envd_e2e::test_config_dir())
-        .env("ENVD_SSH_CONFIG", envd_e2e::ssh_config_path())
-        .env("ENVD_RUNTIME_DIR", envd_e2e::runtime_dir())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -49,8 +49,10 @@ pub fn run(args: VersionArgs) -> anyhow::Result<ExitCode> {
     let contexts = envd_builder::builders::Contexts::load()?;
     let current = contexts.current();
     let builder = current.to_builder()?;
-    let (buildkit, engine) = super::tokio()?
-        .block_on(async { tokio::join!(buildkit_version(&builder), engine_version()) });
+    let (buildkit, engine) = super::tokio()?.block_on(async {
+        tokio::join!(connect::buildkit_version_text(&builder), engine_version())
+    });
+    let buildkit = describe_buildkit(&builder, buildkit, engine.is_some());
     let v = Versions {
         client: env!("CARGO_PKG_VERSION").into(),
         commit: env!("ENVD_COMMIT").into(),
@@ -106,16 +108,15 @@ fn runtime_binary(name: &str) -> RuntimeBinary {
     }
 }
 
-async fn buildkit_version(builder: &Builder) -> Option<String> {
+/// BuildKit's version as it says it, or why it says none.
+fn describe_buildkit(builder: &Builder, said: Option<String>, engine: bool) -> Option<String> {
     let unsaid = "embedded in the engine, which does not say its version";
-    match connect::buildkit_version_text(builder).await {
+    match said {
         // Docker's embedded BuildKit may not know its version (Debian's Engine 26), or predate
         // Control.Info (BuildKit < 0.11, e.g. Engine 20.10's v0.8).
         Some(v) if v == "v0.0.0+unknown" || v.is_empty() => Some(unsaid.into()),
         Some(v) => Some(v),
-        None if matches!(builder, Builder::Moby(_)) => {
-            engine_version().await.map(|_| unsaid.into())
-        }
+        None if matches!(builder, Builder::Moby(_)) && engine => Some(unsaid.into()),
         None => None,
     }
 }

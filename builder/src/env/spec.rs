@@ -245,13 +245,15 @@ fn mounts(
 /// The host's CA bundle, mounted read-only, and the variables that point TLS clients at it:
 /// what the host trusts (a TLS-intercepting proxy's CA) the environment trusts while it runs,
 /// without the image carrying it.
-fn host_ca(env: &mut Vec<String>) -> Option<Mount> {
-    let bundle = crate::host::ca_bundle()?;
+fn host_ca(env: &mut Vec<String>) -> anyhow::Result<Option<Mount>> {
+    let Some(bundle) = crate::host::ca_bundle()? else {
+        return Ok(None);
+    };
     env.extend(HOST_CA_VARIABLES.map(|k| format!("{k}={HOST_CA}")));
-    Some(Mount {
+    Ok(Some(Mount {
         read_only: true,
         ..Mount::host(bundle, HOST_CA)
-    })
+    }))
 }
 
 /// The environment `name` of image `image` for the project at `context`. `named` are its
@@ -277,7 +279,7 @@ pub fn spec(
     }
     args.extend(["--api-listen".to_string(), format!("0.0.0.0:{API_PORT}")]);
     let mut mounts = mounts(context, &workdir, graph, extra, named)?;
-    mounts.extend(host_ca(&mut env));
+    mounts.extend(host_ca(&mut env)?);
     Ok(EnvSpec {
         name: name.to_string(),
         image: image.to_string(),
