@@ -155,8 +155,14 @@ pub async fn apply(docker: &Docker, plan: &Plan) -> Vec<String> {
             failed.push(format!("container {container}: {e}"));
         }
     }
+    // By tag: the engine refuses to remove by id an image that has several tags (an image
+    // pushed for a cluster is also tagged with its registry's name); the last tag removed takes
+    // the image with it. Untagged images go by id.
     let image_names = (plan.images.iter())
-        .map(|i| i.id.clone())
+        .flat_map(|i| match i.tags.is_empty() {
+            true => vec![i.id.clone()],
+            false => i.tags.clone(),
+        })
         .chain(plan.helpers.iter().map(|h| h.tag.clone()));
     for image in image_names {
         // Without force: an image a container still uses is refused by the engine, not removed.

@@ -362,6 +362,12 @@ fn prune_asks_then_removes_my_stopped_environments_and_what_nothing_uses() {
     for tag in ["prune-mine:dev", "prune-theirs:dev", "prune-free:dev"] {
         docker(&["import", "--change", label, tar.to_str().unwrap(), tag]);
     }
+    // An image with a second name, as `envd up` on a cluster tags what it pushes.
+    docker(&[
+        "tag",
+        "prune-free:dev",
+        "127.0.0.1:5000/envd/prune-free:abc",
+    ]);
     let _ = Command::new("docker")
         .env("DOCKER_HOST", &host)
         .args(["rm", "-f", "prune-mine.root", "prune-theirs.ada"])
@@ -409,7 +415,7 @@ fn prune_asks_then_removes_my_stopped_environments_and_what_nothing_uses() {
     for listed in [
         "stopped environment prune-mine (container prune-mine.root)",
         "image prune-mine:dev",
-        "image prune-free:dev",
+        "image 127.0.0.1:5000/envd/prune-free:abc, prune-free:dev",
     ] {
         assert!(text.contains(listed), "{listed:?} not listed: {text}");
     }
@@ -427,6 +433,11 @@ fn prune_asks_then_removes_my_stopped_environments_and_what_nothing_uses() {
         output_text(&o)
     );
     assert!(!exists("image", "prune-mine:dev") && !exists("image", "prune-free:dev"));
+    assert!(
+        !exists("image", "127.0.0.1:5000/envd/prune-free:abc"),
+        "{}",
+        output_text(&o)
+    );
     assert!(exists("container", "prune-theirs.ada") && exists("image", "prune-theirs:dev"));
     let o = prune(&["--force"]);
     assert!(!output_text(&o).contains("prune-"), "{}", output_text(&o));

@@ -68,8 +68,11 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
             envd_builder::say!("stopped environment {env} (container {container})");
         }
         for i in &plan.images {
-            let name = i.tags.first().cloned().unwrap_or_else(|| i.id.clone());
-            envd_builder::say!("image {name} ({})", size(i.size));
+            let names = match i.tags.is_empty() {
+                true => i.id.clone(),
+                false => i.tags.join(", "),
+            };
+            envd_builder::say!("image {names} ({})", size(i.size));
         }
         for h in &plan.helpers {
             envd_builder::say!("helper image {}", h.tag);
