@@ -33,6 +33,7 @@ pub mod graph;
 pub mod host;
 pub mod init;
 pub mod lang;
+pub mod lsp;
 pub mod output;
 pub mod print;
 pub mod prune;

@@ -62,6 +62,9 @@ enum Command {
     Completion(completion::CompletionArgs),
     /// Write envd's man pages (one per command) into a directory.
     Man(completion::ManArgs),
+    /// A language server for build files on stdin/stdout: diagnostics as `envd build` reports
+    /// them, completion and docs of the v1 API, go-to-definition (editors start it).
+    Lsp(LspArgs),
     /// Developer diagnostics.
     Debug {
         #[command(subcommand)]
@@ -93,6 +96,7 @@ impl Cli {
             Command::Version(args) => version::run(args),
             Command::Completion(args) => completion::completion(args),
             Command::Man(args) => completion::man(args),
+            Command::Lsp(_) => envd_builder::lsp::serve_stdio().map(|()| ExitCode::SUCCESS),
             Command::Debug { what } => debug::run(what),
             Command::KubeProxy(args) => kube::proxy(args),
             Command::KubeForward(args) => kube::serve(args),
@@ -109,6 +113,14 @@ pub struct InitArgs {
     /// Replace an existing build.envd.
     #[arg(long)]
     force: bool,
+}
+
+/// `envd lsp`'s flags.
+#[derive(clap::Args)]
+pub struct LspArgs {
+    /// Accepted for editors that pass it: stdio is the only transport.
+    #[arg(long, hide = true)]
+    stdio: bool,
 }
 
 /// Writes the project's build file and says what it read.

@@ -110,6 +110,7 @@ pub fn install(builder: &mut GlobalsBuilder) {
 /// `install.*` languages and toolchains.
 #[starlark_module]
 fn install_languages(builder: &mut GlobalsBuilder) {
+    /// Python `version` (default 3.11) as the environment's interpreter, with pip.
     fn python(
         #[starlark(default = "3.11")] version: &str,
         eval: &mut Evaluator,
@@ -123,6 +124,8 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Conda through micromamba (`use_mamba`: the `mamba` command as well); packages come from
+    /// `install.conda_packages`.
     fn conda(
         #[starlark(default = false)] use_mamba: bool,
         eval: &mut Evaluator,
@@ -131,6 +134,8 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// uv with Python `python_version` (default 3.11): `install.python_packages` goes through
+    /// `uv pip install`.
     fn uv(
         #[starlark(default = "3.11")] python_version: &str,
         eval: &mut Evaluator,
@@ -141,6 +146,8 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// pixi, the conda-ecosystem project manager (`use_pixi_mirror`: its mirror;
+    /// `pypi_index`: where PyPI packages come from).
     fn pixi(
         #[starlark(default = false)] use_pixi_mirror: bool,
         pypi_index: Option<&str>,
@@ -153,16 +160,19 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// R, with packages from `install.r_packages` (CRAN, or `config.cran_mirror`).
     fn r_lang(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.add_language(Language::R);
         Ok(NoneType)
     }
 
+    /// Julia, with packages from `install.julia_packages`.
     fn julia(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.add_language(Language::Julia);
         Ok(NoneType)
     }
 
+    /// Rust through rustup (`version`: a toolchain such as "1.80" or "stable"; default stable).
     fn rust(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.add_language(Language::Rust {
             version: some_nonempty(version),
@@ -170,6 +180,7 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Go (`version`, such as "1.22.5"; default the latest the builder knows).
     fn go(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.add_language(Language::Go {
             version: some_nonempty(version),
@@ -177,6 +188,7 @@ fn install_languages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Node.js (`version`, such as "20.11.1"; default the latest the builder knows).
     fn nodejs(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.add_language(Language::NodeJs {
             version: some_nonempty(version),
@@ -188,6 +200,7 @@ fn install_languages(builder: &mut GlobalsBuilder) {
 /// `install.*` packages, extensions and tools.
 #[starlark_module]
 fn install_packages(builder: &mut GlobalsBuilder) {
+    /// System packages installed with apt-get (`name`: a list of package names).
     fn apt_packages(
         name: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -200,6 +213,9 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Python packages installed with pip (or uv after `install.uv()`): `name`, a list of
+    /// requirement specs; `requirements`, a requirements file of the build context (read at build
+    /// time); `local_wheels`, wheel files of the build context.
     fn python_packages(
         name: Option<UnpackListOrTuple<String>>,
         requirements: Option<&str>,
@@ -215,6 +231,8 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Conda packages (needs `install.conda()`): `name` and `channel` lists, or `env_file`,
+    /// an environment.yml of the build context (not both).
     fn conda_packages(
         name: Option<UnpackListOrTuple<String>>,
         channel: Option<UnpackListOrTuple<String>>,
@@ -238,6 +256,7 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// R packages from CRAN (needs `install.r_lang()`).
     fn r_packages(
         name: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -250,6 +269,7 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Julia packages (needs `install.julia()`).
     fn julia_packages(
         name: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -262,6 +282,8 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// CUDA `version` (such as "12.2.0") with cuDNN `cudnn` (default "8"): selects the matching
+    /// NVIDIA base image.
     fn cuda(
         #[starlark(require = named)] version: &str,
         #[starlark(require = named, default = "8")] cudnn: &str,
@@ -296,6 +318,7 @@ fn install_packages(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// The OpenAI Codex CLI from npm (`version`; default latest).
     fn codex(version: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().codex =
             Some(some_nonempty(version).unwrap_or_else(|| "latest".into()));
@@ -312,11 +335,14 @@ pub fn config(builder: &mut GlobalsBuilder) {
 /// `config.*`: where packages come from.
 #[starlark_module]
 fn config_sources(builder: &mut GlobalsBuilder) {
+    /// The apt sources list to use instead of the base image's (`source`: its whole text).
     fn apt_source(source: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.apt_source = some_nonempty(source);
         Ok(NoneType)
     }
 
+    /// Where pip installs from: `url` (the index), `extra_url` (a second index) and `trust`
+    /// (trust the index's host without TLS verification).
     fn pip_index(
         url: &str,
         extra_url: Option<&str>,
@@ -331,11 +357,13 @@ fn config_sources(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// The CRAN mirror for `install.r_packages` (`url`).
     fn cran_mirror(url: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.cran_mirror = some_nonempty(url);
         Ok(NoneType)
     }
 
+    /// The Julia package server for `install.julia_packages` (`url`).
     fn julia_pkg_server(url: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.julia_pkg_server = some_nonempty(url);
         Ok(NoneType)
@@ -345,6 +373,8 @@ fn config_sources(builder: &mut GlobalsBuilder) {
 /// `config.*`: services, resources and the image.
 #[starlark_module]
 fn config_services(builder: &mut GlobalsBuilder) {
+    /// JupyterLab as the service `jupyter`, published on 127.0.0.1 (`port`: the host port, 0 = a
+    /// free one; default 8888); `token` empty means a fresh token per container.
     fn jupyter(
         #[starlark(default = "")] token: &str,
         port: Option<i32>,
@@ -375,16 +405,19 @@ fn config_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// The conda channels configuration (`channel`: the text of a .condarc `channels:` list).
     fn conda_channel(channel: Option<&str>, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.conda_channel = some_nonempty(channel);
         Ok(NoneType)
     }
 
+    /// GPUs for the environment (`count`: how many; 0 = none, -1 = all).
     fn gpu(#[starlark(default = 0)] count: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.gpu = Some(count);
         Ok(NoneType)
     }
 
+    /// The size of /dev/shm in MB (`size`), for data loaders that share memory.
     fn shm_size(size: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         if size <= 0 {
             anyhow::bail!("config.shm_size({size}): the size (in MB) must be positive");
@@ -393,11 +426,13 @@ fn config_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// RStudio Server as a service of the environment.
     fn rstudio_server(eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         recorder(eval)?.graph.borrow_mut().config.rstudio_server = true;
         Ok(NoneType)
     }
 
+    /// The image's entrypoint for a non-dev image (`args`: the command and its arguments).
     fn entrypoint(
         args: UnpackListOrTuple<String>,
         eval: &mut Evaluator,
@@ -409,6 +444,7 @@ fn config_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// The project's repository `url` and `description`, recorded as image labels.
     fn repo(
         url: &str,
         description: Option<&str>,
@@ -419,6 +455,7 @@ fn config_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// The user id and group id (`uid`, `gid`) the environment's user and files get.
     fn owner(uid: i32, gid: i32, eval: &mut Evaluator) -> anyhow::Result<NoneType> {
         if !(0..=65535).contains(&uid) || !(0..=65535).contains(&gid) {
             anyhow::bail!("config.owner(uid={uid}, gid={gid}): both must be in 0..65535");
@@ -431,6 +468,8 @@ fn config_services(builder: &mut GlobalsBuilder) {
 /// `io.*`.
 #[starlark_module]
 pub fn io(builder: &mut GlobalsBuilder) {
+    /// Copies `source` (a path of the build context, or of `image` when given) to `target` in the
+    /// image.
     fn copy(
         source: &str,
         target: &str,
@@ -445,6 +484,8 @@ pub fn io(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Downloads `url` into the image (`filename`: its name under ~/extra_source, /extra_source
+    /// in a non-dev image; `checksum`: "sha256:<hex>", checked).
     fn http(
         url: &str,
         checksum: Option<&str>,
@@ -474,6 +515,8 @@ pub fn runtime(builder: &mut GlobalsBuilder) {
 /// `runtime.*`: commands, daemons and ports.
 #[starlark_module]
 fn runtime_services(builder: &mut GlobalsBuilder) {
+    /// Named commands (`commands`: a dict of name to shell command) that
+    /// `envd exec --command NAME` runs; `envd describe` lists them.
     fn command(
         commands: Option<UnpackDictEntries<String, String>>,
         eval: &mut Evaluator,
@@ -485,6 +528,8 @@ fn runtime_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Long-running processes supervised by envd-init (`commands`: a list of argv lists), each
+    /// restarted when it exits.
     fn daemon(
         commands: UnpackListOrTuple<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -499,6 +544,8 @@ fn runtime_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Commands run once when the environment starts, before the services (`commands`: a list
+    /// of shell commands).
     fn init(
         commands: Option<UnpackListOrTuple<String>>,
         eval: &mut Evaluator,
@@ -512,6 +559,8 @@ fn runtime_services(builder: &mut GlobalsBuilder) {
         Ok(NoneType)
     }
 
+    /// Publishes `envd_port` of the environment on `host_port` of `listen_addr` (default
+    /// 127.0.0.1; `host_port` 0 = a free one), named `service` in `envd describe`.
     fn expose(
         envd_port: i32,
         #[starlark(default = 0)] host_port: i32,
@@ -545,6 +594,8 @@ fn runtime_services(builder: &mut GlobalsBuilder) {
 /// `runtime.*`: variables and mounts.
 #[starlark_module]
 fn runtime_environment(builder: &mut GlobalsBuilder) {
+    /// Variables set in the environment (`env`: a dict) and directories added to PATH
+    /// (`extra_path`).
     fn environ(
         env: Option<UnpackDictEntries<String, String>>,
         extra_path: Option<UnpackListOrTuple<String>>,

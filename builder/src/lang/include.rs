@@ -42,6 +42,9 @@ fn resolve(rec: &Recorder, git: &str) -> anyhow::Result<PathBuf> {
     };
     let dest = rec.cache_dir.join(cache_name(&url));
     if dest.join(".git").exists() {
+        if rec.includes == super::Includes::Cached {
+            return Ok(dest);
+        }
         // Refresh when the remote answers; an unreachable remote keeps the cached copy.
         let _ = Command::new("git")
             .arg("-C")

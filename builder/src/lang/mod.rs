@@ -5,6 +5,7 @@
 
 mod api;
 mod include;
+mod load;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use starlark::any::ProvidesStaticType;
 use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, Module};
 use starlark::eval::Evaluator;
 use starlark::syntax::{AstModule, Dialect};
+use starlark::values::Value;
 
 use crate::graph::{Graph, Language};
 
@@ -28,12 +30,31 @@ pub struct Recorder {
     pub context_dir: PathBuf,
     /// Where git includes are cloned.
     pub cache_dir: PathBuf,
+    /// Whether includes may be fetched.
+    pub includes: Includes,
     globals: Globals,
     include_stack: RefCell<Vec<PathBuf>>,
     included: RefCell<Vec<FrozenModule>>,
+    loads: load::Loads,
 }
 
 impl Recorder {
+    fn new(context_dir: &Path, cache_dir: &Path, includes: Includes) -> Self {
+        Recorder {
+            graph: RefCell::new(Graph {
+                image: "ubuntu:22.04".into(),
+                ..Graph::default()
+            }),
+            context_dir: context_dir.to_path_buf(),
+            cache_dir: cache_dir.to_path_buf(),
+            includes,
+            globals: globals(),
+            include_stack: RefCell::new(Vec::new()),
+            included: RefCell::new(Vec::new()),
+            loads: load::Loads::default(),
+        }
+    }
+
     fn add_language(&self, lang: Language) {
         let mut g = self.graph.borrow_mut();
         if !g.languages.contains(&lang) {
@@ -113,66 +134,137 @@ pub fn evaluate_with_cache(
     cache_dir: &Path,
 ) -> Result<Graph, LangError> {
     let path = dir.join(&entry.file);
-    let shown = path.display().to_string();
-    let whole = |message: String| LangError::at(&path, 0, message);
-    let bytes = std::fs::read(&path).map_err(|e| whole(format!("cannot read: {e}")))?;
-    let source = String::from_utf8(bytes).map_err(|e| {
+    let source = read_source(&path)?;
+    let program = Program {
+        dir,
+        path: &path,
+        function: Some(&entry.function),
+        cache_dir,
+        includes: Includes::Refresh,
+    };
+    program.evaluate(source)
+}
+
+/// Whether `include(git=...)` may reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Includes {
+    /// Clone, or pull a cached clone when the remote answers (what a build does).
+    Refresh,
+    /// Use a cached clone as it is; clone only what is not cached (an editor evaluates on every
+    /// keystroke and must not wait for a remote each time).
+    Cached,
+}
+
+/// One evaluation of a build file's text.
+pub struct Program<'a> {
+    /// The build context (the directory holding build.envd); `load()` paths are relative to it.
+    pub dir: &'a Path,
+    /// The file the text is (errors name it).
+    pub path: &'a Path,
+    /// The function to call after the top level, as `envd build` calls `build`; `None` for a file
+    /// other files load.
+    pub function: Option<&'a str>,
+    /// Where git includes are cloned.
+    pub cache_dir: &'a Path,
+    /// Whether includes may be fetched.
+    pub includes: Includes,
+}
+
+/// Reads a build file as UTF-8, naming the line and column of the first byte that is not.
+pub fn read_source(path: &Path) -> Result<String, LangError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| LangError::at(path, 0, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
         let column = valid.len() - valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
         LangError {
-            file: path.clone(),
+            file: path.to_path_buf(),
             line,
             column,
             message: "not UTF-8 text (build files are UTF-8)".into(),
         }
-    })?;
-    check_version(&source).map_err(|m| LangError {
-        file: path.clone(),
-        line: 1,
-        column: 1,
-        message: m,
-    })?;
-    let text = source.clone();
-    let ast = AstModule::parse(&shown, source, &Dialect::Standard).map_err(from_starlark)?;
-    let recorder = Recorder {
-        graph: RefCell::new(Graph {
-            image: "ubuntu:22.04".into(),
-            ..Graph::default()
-        }),
-        context_dir: dir.to_path_buf(),
-        cache_dir: cache_dir.to_path_buf(),
-        globals: globals(),
-        include_stack: RefCell::new(Vec::new()),
-        included: RefCell::new(Vec::new()),
-    };
-    let globals = recorder.globals.clone();
-    Module::with_temp_heap(|module| -> Result<(), LangError> {
-        module.set(
-            "_build_context_dir",
-            module.heap().alloc(dir.to_string_lossy().as_ref()),
-        );
-        let mut eval = Evaluator::new(&module);
-        eval.extra = Some(&recorder);
-        eval.eval_module(ast, &globals).map_err(from_starlark)?;
-        let Some(func) = module.get(&entry.function) else {
-            let mut names: Vec<String> = module.names().map(|n| n.as_str().to_string()).collect();
-            names.sort();
-            let known: Vec<&str> = names.iter().map(String::as_str).collect();
-            let hint = envd_supervisor::suggest::closest(&entry.function, &known)
-                .map(|c| format!(" (did you mean {c:?}?)"))
-                .unwrap_or_default();
-            return Err(whole(format!(
-                "no function named {:?}{hint}; --from FILE:FUNCTION chooses it",
-                entry.function
-            )));
-        };
+    })
+}
+
+impl Program<'_> {
+    /// Evaluates `source` into the graph it records, or the first located error.
+    pub fn evaluate(&self, source: String) -> Result<Graph, LangError> {
+        let path = self.path;
+        check_version(&source).map_err(|m| LangError {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: m,
+        })?;
+        let text = source.clone();
+        let ast = AstModule::parse(&path.display().to_string(), source, &Dialect::Standard)
+            .map_err(from_starlark)?;
+        let recorder = Recorder::new(self.dir, self.cache_dir, self.includes);
+        let loader = load::Loader::new(&recorder);
+        Module::with_temp_heap(|module| -> Result<(), LangError> {
+            module.set(
+                "_build_context_dir",
+                module.heap().alloc(self.dir.to_string_lossy().as_ref()),
+            );
+            let mut eval = Evaluator::new(&module);
+            eval.extra = Some(&recorder);
+            eval.set_loader(&loader);
+            eval.eval_module(ast, &recorder.globals)
+                .map_err(from_starlark)?;
+            match self.function {
+                Some(function) => {
+                    let func = module
+                        .get(function)
+                        .ok_or_else(|| self.no_such_function(&module, function))?;
+                    self.call_entry(&mut eval, func, function, &text)
+                }
+                None => Ok(()),
+            }
+        })?;
+        let graph = recorder.graph.into_inner();
+        validate(&graph).map_err(|(call, message)| {
+            let (line, column) = first_call_at(&text, call);
+            LangError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        Ok(graph)
+    }
+
+    /// The entry function is missing: say so, with the closest name the file defines.
+    fn no_such_function(&self, module: &Module, function: &str) -> LangError {
+        let mut names: Vec<String> = module.names().map(|n| n.as_str().to_string()).collect();
+        names.sort();
+        let known: Vec<&str> = names.iter().map(String::as_str).collect();
+        let hint = envd_supervisor::suggest::closest(function, &known)
+            .map(|c| format!(" (did you mean {c:?}?)"))
+            .unwrap_or_default();
+        LangError::at(
+            self.path,
+            0,
+            format!("no function named {function:?}{hint}; --from FILE:FUNCTION chooses it"),
+        )
+    }
+
+    /// Calls the entry function (`build`).
+    fn call_entry<'v>(
+        &self,
+        eval: &mut Evaluator<'v, '_, '_>,
+        func: Value<'v>,
+        function: &str,
+        text: &str,
+    ) -> Result<(), LangError> {
+        let path = self.path;
         eval.eval_function(func, &[], &[]).map_err(|e| {
             let mut err = from_starlark(e);
             if err.line == 0 {
                 // Calling the function itself failed (it takes parameters): point at its `def`.
-                let def = format!("def {}", entry.function);
-                err.file = path.clone();
+                let def = format!("def {function}");
+                err.file = path.to_path_buf();
                 err.line = text
                     .lines()
                     .position(|l| l.contains(&def))
@@ -182,27 +274,19 @@ pub fn evaluate_with_cache(
             err
         })?;
         Ok(())
-    })?;
-    let graph = recorder.graph.into_inner();
-    validate(&graph).map_err(|(call, message)| {
-        // At the call that needs the missing one (in this file; an included file's call is
-        // reported at the top of this one).
-        let (line, column) = text
-            .find(&format!("{call}("))
-            .map(|at| {
-                let before = &text[..at];
-                let line = before.matches('\n').count() + 1;
-                (line, at - before.rfind('\n').map_or(0, |i| i + 1) + 1)
-            })
-            .unwrap_or((1, 1));
-        LangError {
-            file: path.clone(),
-            line,
-            column,
-            message,
-        }
-    })?;
-    Ok(graph)
+    }
+}
+
+/// Where `call(` first appears in `text` (line and column from 1), or the top of the file: where a
+/// whole-program check points (an included file's call is reported at the top of this one).
+fn first_call_at(text: &str, call: &str) -> (usize, usize) {
+    text.find(&format!("{call}("))
+        .map(|at| {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            (line, at - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+        })
+        .unwrap_or((1, 1))
 }
 
 /// Checks that need the whole program (envd accepts its calls in any order). Err: the call

@@ -337,3 +337,76 @@ fn from_parses() {
     assert_eq!("other.envd".parse::<Entry>().unwrap().function, "build");
     assert!(":x".parse::<Entry>().is_err());
 }
+
+#[test]
+fn load_reads_a_file_of_the_build_context_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir(p.join("lib")).unwrap();
+    std::fs::write(
+        p.join("lib/py.envd"),
+        "def science(extra):\n    install.python_packages(name = [\"numpy\"] + extra)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("build.envd"),
+        "load(\"lib/py.envd\", \"science\")\nload(\"lib/py.envd\", again = \"science\")\n\
+         def build():\n    science([\"six\"])\n",
+    )
+    .unwrap();
+    let g = evaluate_with_cache(p, &Entry::default(), &p.join("cache")).unwrap();
+    assert_eq!(g.python_packages, ["numpy", "six"]);
+}
+
+#[test]
+fn load_names_a_missing_file_and_a_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("build.envd"),
+        "load(\"nowhere.envd\", \"f\")\ndef build():\n    pass\n",
+    )
+    .unwrap();
+    let e = evaluate_with_cache(p, &Entry::default(), &p.join("cache")).unwrap_err();
+    assert_eq!((e.line, e.column), (1, 1), "{e}");
+    assert!(e.message.contains("nowhere.envd"), "{e}");
+    assert!(e.message.contains("relative to the build context"), "{e}");
+    std::fs::write(
+        p.join("a.envd"),
+        "load(\"b.envd\", \"g\")\ndef f():\n    pass\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("b.envd"),
+        "load(\"a.envd\", \"f\")\ndef g():\n    pass\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("build.envd"),
+        "load(\"a.envd\", \"f\")\ndef build():\n    f()\n",
+    )
+    .unwrap();
+    let e = evaluate_with_cache(p, &Entry::default(), &p.join("cache")).unwrap_err();
+    assert!(e.message.contains("forms a cycle"), "{e}");
+    assert!(e.message.contains("a.envd -> "), "{e}");
+}
+
+#[test]
+fn an_error_in_a_loaded_file_is_located_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("lib.envd"),
+        "def f():\n    pass\nx = undefined_name\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("build.envd"),
+        "load(\"lib.envd\", \"f\")\ndef build():\n    f()\n",
+    )
+    .unwrap();
+    let e = evaluate_with_cache(p, &Entry::default(), &p.join("cache")).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.contains("lib.envd:3"), "{shown}");
+    assert!(shown.contains("undefined_name"), "{shown}");
+}

@@ -1,0 +1,80 @@
+//! `envd lsp`: a language server for build files over stdio.
+//!
+//! starlark's own server (the `starlark_lsp` crate) does the protocol, go-to-definition (also
+//! into `load`ed files), completion of globals, locals and parameter names, and hover; envd
+//! gives it the build files' context ([`context`]: diagnostics from the same evaluation
+//! `envd build` runs, the v1 API's documentation) and stands between it and the editor
+//! ([`router`]) to complete and document the members of `install.`, `config.`, `io.`,
+//! `runtime.` and `data.` ([`members`]), which it does not know, and to keep malformed
+//! messages from reaching it.
+
+pub mod context;
+pub mod members;
+pub mod router;
+
+use std::thread;
+
+use lsp_server::{Connection, Message};
+
+use context::BuildFiles;
+use router::{with_our_capabilities, Documents, Route};
+
+/// Serves the editor on stdin/stdout until it says `exit` or closes the stream.
+pub fn serve_stdio() -> anyhow::Result<()> {
+    let (editor, io_threads) = Connection::stdio();
+    serve(editor)?;
+    io_threads.join()?;
+    Ok(())
+}
+
+/// Serves the editor on `editor`: starlark's server runs on a thread of its own, behind the
+/// router.
+pub fn serve(editor: Connection) -> anyhow::Result<()> {
+    let (ours, theirs) = Connection::memory();
+    let server = thread::Builder::new()
+        .name("starlark-lsp".into())
+        .spawn(move || {
+            starlark_lsp::server::server_with_connection(theirs, BuildFiles::default())
+        })?;
+    let to_editor = editor.sender.clone();
+    let from_server = ours.receiver;
+    let replies = thread::Builder::new()
+        .name("lsp-replies".into())
+        .spawn(move || {
+            for msg in from_server {
+                let msg = match msg {
+                    Message::Response(r) => Message::Response(with_our_capabilities(r)),
+                    other => other,
+                };
+                if to_editor.send(msg).is_err() {
+                    break;
+                }
+            }
+        })?;
+    let api = crate::lang::globals().documentation();
+    let mut documents = Documents::default();
+    for msg in &editor.receiver {
+        let exit = matches!(&msg, Message::Notification(n) if n.method == "exit");
+        match documents.route(msg, &api) {
+            Route::Forward(msg) => {
+                if ours.sender.send(msg).is_err() {
+                    anyhow::bail!("the language server stopped unexpectedly");
+                }
+            }
+            Route::Answer(response) => editor.sender.send(Message::Response(response))?,
+            Route::Drop(why) => eprintln!("envd lsp: ignored {why}"),
+        }
+        if exit {
+            break;
+        }
+    }
+    drop(ours.sender);
+    let served = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the language server panicked"))?;
+    served?;
+    replies
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reply thread panicked"))?;
+    Ok(())
+}
