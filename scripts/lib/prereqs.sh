@@ -3,7 +3,8 @@
 
 APT_PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv curl ca-certificates
               musl-tools tini dumb-init iproute2 procps util-linux hyperfine
-              zsh fish git chromium fonts-dejavu-core docker-registry socat openssl)
+              zsh fish git chromium fonts-dejavu-core docker-registry socat openssl
+              neovim)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -147,6 +147,16 @@ impl Editor {
     fn stop(mut self) -> std::process::ExitStatus {
         let answer = self.request("shutdown", Value::Null);
         assert!(answer.get("error").is_none(), "{answer}");
+        // Editors send more before `exit` (Neovim closes its buffers): that must not fail it.
+        self.notify(
+            "textDocument/didClose",
+            json!({"textDocument": {"uri": "file:///closed.envd"}}),
+        );
+        let late = self.request("textDocument/hover", Editor::at(Path::new("/x.envd"), 0, 0));
+        assert_eq!(
+            late["error"]["code"], -32600,
+            "refused after shutdown: {late}"
+        );
         self.notify("exit", Value::Null);
         drop(self.stdin.take());
         let end = Instant::now() + DEADLINE;
@@ -382,3 +392,118 @@ fn malformed_messages_are_refused_and_the_server_keeps_serving() {
     assert_eq!(editor.diagnostics(&file).len(), 1);
     assert!(editor.stop().success());
 }
+
+/// A real editor's LSP client: Neovim (Debian's, headless) starts `envd lsp` as its
+/// configuration in docs/editors.md says, then reports what it shows.
+#[test]
+fn neovim_shows_the_diagnostics_completes_and_jumps() {
+    let nvim = Command::new("nvim").arg("--version").output();
+    assert!(
+        nvim.as_ref().is_ok_and(|o| o.status.success()),
+        "Neovim is needed for this test (scripts/test installs Debian's neovim): {nvim:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib.envd");
+    std::fs::write(
+        &lib,
+        "def science():\n    install.python_packages(name = [\"numpy\"])\n",
+    )
+    .unwrap();
+    let file = dir.path().join("build.envd");
+    std::fs::write(
+        &file,
+        "load(\"lib.envd\", \"science\")\ndef build():\n    base(dev=True)\n    science()\n    \
+         install.pythn_packages(name = [\"numpy\"])\n",
+    )
+    .unwrap();
+    let report = dir.path().join("report.txt");
+    let script = dir.path().join("check.lua");
+    std::fs::write(&script, NEOVIM_SCRIPT).unwrap();
+    let out = isolated(&mut Command::new("nvim"))
+        .args(["--headless", "--clean", "-n"])
+        .arg("-c")
+        .arg(format!("luafile {}", script.display()))
+        .arg(&file)
+        .current_dir(dir.path())
+        .env("ENVD_BIN", runtime_dir().join("envd"))
+        .env("REPORT", &report)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !output_text(&out).contains("quit with exit code"),
+        "envd lsp ended badly: {}",
+        output_text(&out)
+    );
+    let shown = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", output_text(&out)));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("DIAG 5:5 ") && l.contains("python_packages")),
+        "{shown}"
+    );
+    assert!(lines.contains(&"ITEM python_packages"), "{shown}");
+    assert!(lines.contains(&"ITEM apt_packages"), "{shown}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("HOVER ") && l.contains("The base image")),
+        "{shown}"
+    );
+    let lib_uri = uri(&lib);
+    assert!(
+        lines.contains(&format!("DEF {lib_uri}:0").as_str()),
+        "{shown}"
+    );
+}
+
+/// Drives Neovim 0.7's built-in client (the configuration docs/editors.md gives, then requests
+/// as the editor makes them) and writes what it got to $REPORT.
+const NEOVIM_SCRIPT: &str = r#"
+local out = {}
+local function done()
+  vim.fn.writefile(out, os.getenv("REPORT"))
+  vim.cmd("qa!")
+end
+local ok, err = pcall(function()
+  local id = vim.lsp.start_client({
+    name = "envd",
+    cmd = { os.getenv("ENVD_BIN"), "lsp" },
+    root_dir = vim.fn.getcwd(),
+  })
+  vim.lsp.buf_attach_client(0, id)
+  vim.wait(15000, function() return #vim.diagnostic.get(0) > 0 end, 20)
+  for _, d in ipairs(vim.diagnostic.get(0)) do
+    table.insert(out, string.format("DIAG %d:%d %s", d.lnum + 1, d.col + 1, d.message))
+  end
+  local doc = vim.lsp.util.make_text_document_params()
+  -- After `install.` on line 5.
+  local res = vim.lsp.buf_request_sync(0, "textDocument/completion",
+    { textDocument = doc, position = { line = 4, character = 12 } }, 10000)
+  for _, r in pairs(res or {}) do
+    local items = r.result and (r.result.items or r.result) or {}
+    for _, item in ipairs(items) do table.insert(out, "ITEM " .. item.label) end
+  end
+  res = vim.lsp.buf_request_sync(0, "textDocument/hover",
+    { textDocument = doc, position = { line = 2, character = 5 } }, 10000)
+  for _, r in pairs(res or {}) do
+    local lines = vim.lsp.util.convert_input_to_markdown_lines(r.result.contents)
+    table.insert(out, "HOVER " .. table.concat(lines, " "))
+  end
+  res = vim.lsp.buf_request_sync(0, "textDocument/definition",
+    { textDocument = doc, position = { line = 3, character = 6 } }, 10000)
+  for _, r in pairs(res or {}) do
+    local locs = r.result or {}
+    if locs.uri or locs.targetUri then locs = { locs } end
+    for _, l in ipairs(locs) do
+      local range = l.targetSelectionRange or l.range
+      table.insert(out, string.format("DEF %s:%d", l.targetUri or l.uri, range.start.line))
+    end
+  end
+  vim.lsp.stop_client(id)
+end)
+if not ok then table.insert(out, "ERROR " .. tostring(err)) end
+done()
+"#;

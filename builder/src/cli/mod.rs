@@ -96,7 +96,13 @@ impl Cli {
             Command::Version(args) => version::run(args),
             Command::Completion(args) => completion::completion(args),
             Command::Man(args) => completion::man(args),
-            Command::Lsp(_) => envd_builder::lsp::serve_stdio().map(|()| ExitCode::SUCCESS),
+            Command::Lsp(_) => envd_builder::lsp::serve_stdio().map(|clean| {
+                if clean {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }),
             Command::Debug { what } => debug::run(what),
             Command::KubeProxy(args) => kube::proxy(args),
             Command::KubeForward(args) => kube::serve(args),

@@ -19,17 +19,18 @@ use lsp_server::{Connection, Message};
 use context::BuildFiles;
 use router::{with_our_capabilities, Documents, Route};
 
-/// Serves the editor on stdin/stdout until it says `exit` or closes the stream.
-pub fn serve_stdio() -> anyhow::Result<()> {
+/// Serves the editor on stdin/stdout until it says `exit` or closes the stream. `Ok(true)` when
+/// it said `shutdown` first (the protocol's clean end: exit code 0; otherwise 1).
+pub fn serve_stdio() -> anyhow::Result<bool> {
     let (editor, io_threads) = Connection::stdio();
-    serve(editor)?;
+    let clean = serve(editor)?;
     io_threads.join()?;
-    Ok(())
+    Ok(clean)
 }
 
 /// Serves the editor on `editor`: starlark's server runs on a thread of its own, behind the
-/// router.
-pub fn serve(editor: Connection) -> anyhow::Result<()> {
+/// router. Returns whether the editor said `shutdown` before it left.
+pub fn serve(editor: Connection) -> anyhow::Result<bool> {
     let (ours, theirs) = Connection::memory();
     let server = thread::Builder::new()
         .name("starlark-lsp".into())
@@ -53,22 +54,32 @@ pub fn serve(editor: Connection) -> anyhow::Result<()> {
         })?;
     let api = crate::lang::globals().documentation();
     let mut documents = Documents::default();
+    let mut to_server = Some(ours.sender);
     for msg in &editor.receiver {
-        let exit = matches!(&msg, Message::Notification(n) if n.method == "exit");
+        if matches!(&msg, Message::Notification(n) if n.method == "exit") {
+            break;
+        }
+        let Some(server) = &to_server else {
+            refuse_after_shutdown(&editor, msg)?;
+            continue;
+        };
         match documents.route(msg, &api) {
             Route::Forward(msg) => {
-                if ours.sender.send(msg).is_err() {
+                if server.send(msg).is_err() {
                     anyhow::bail!("the language server stopped unexpectedly");
                 }
             }
             Route::Answer(response) => editor.sender.send(Message::Response(response))?,
             Route::Drop(why) => eprintln!("envd lsp: ignored {why}"),
-        }
-        if exit {
-            break;
+            Route::Shutdown(response) => {
+                // Closing its channel ends starlark's server's loop.
+                to_server = None;
+                editor.sender.send(Message::Response(response))?;
+            }
         }
     }
-    drop(ours.sender);
+    let clean = to_server.is_none();
+    drop(to_server);
     let served = server
         .join()
         .map_err(|_| anyhow::anyhow!("the language server panicked"))?;
@@ -76,5 +87,19 @@ pub fn serve(editor: Connection) -> anyhow::Result<()> {
     replies
         .join()
         .map_err(|_| anyhow::anyhow!("the reply thread panicked"))?;
+    Ok(clean)
+}
+
+/// After `shutdown` only `exit` is expected: a request gets the protocol's error, anything else
+/// is dropped.
+fn refuse_after_shutdown(editor: &Connection, msg: Message) -> anyhow::Result<()> {
+    if let Message::Request(req) = msg {
+        let refused = lsp_server::Response::new_err(
+            req.id,
+            lsp_server::ErrorCode::InvalidRequest as i32,
+            "the server is shutting down".into(),
+        );
+        editor.sender.send(Message::Response(refused))?;
+    }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub enum Route {
     Answer(Response),
     /// Drop it, saying why on stderr (a notification with bad parameters has no one to answer).
     Drop(String),
+    /// `shutdown`: answer it and stop starlark's server (which, left to handle it, fails on any
+    /// message an editor sends between `shutdown` and `exit`).
+    Shutdown(Response),
 }
 
 /// The text of every open document, by URI (the server asks for whole-document sync).
@@ -65,7 +68,8 @@ impl Documents {
         let checked = match req.method.as_str() {
             Initialize::METHOD => params::<InitializeParams>(&req.params).map(drop),
             GotoDefinition::METHOD => params::<GotoDefinitionParams>(&req.params).map(drop),
-            Shutdown::METHOD | STARLARK_FILE_CONTENTS => Ok(()),
+            Shutdown::METHOD => return Route::Shutdown(Response::new_ok(req.id, ())),
+            STARLARK_FILE_CONTENTS => Ok(()),
             Completion::METHOD => match params::<CompletionParams>(&req.params) {
                 Ok(p) => return self.completion(req, &p, api),
                 Err(e) => Err(e),
@@ -271,6 +275,17 @@ mod tests {
             panic!("forwarded")
         };
         assert_eq!(r.error.unwrap().code, ErrorCode::MethodNotFound as i32);
+    }
+
+    #[test]
+    fn shutdown_is_answered_here() {
+        let mut docs = Documents::default();
+        let routed = docs.route(request("shutdown", serde_json::Value::Null), &api());
+        let Route::Shutdown(r) = routed else {
+            panic!("{routed:?}")
+        };
+        assert_eq!(r.id, RequestId::from(7));
+        assert!(r.error.is_none());
     }
 
     #[test]
