@@ -424,6 +424,22 @@ fn prune_asks_then_removes_my_stopped_environments_and_what_nothing_uses() {
         "another user's environment or its image listed: {text}"
     );
     assert!(exists("container", "prune-mine.root") && exists("image", "prune-free:dev"));
+    // --format json without --force: the same list for a script, nothing asked or removed.
+    let o = prune(&["--format", "json"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+    assert_eq!(listed["removed"], false, "{listed}");
+    assert_eq!(listed["environments"][0][0], "prune-mine", "{listed}");
+    let images: Vec<&serde_json::Value> = listed["images"].as_array().unwrap().iter().collect();
+    assert!(
+        images
+            .iter()
+            .any(|i| i["tags"].to_string().contains("prune-free:dev")),
+        "{listed}"
+    );
+    assert!(!listed.to_string().contains("prune-theirs"), "{listed}");
+    assert!(exists("container", "prune-mine.root") && exists("image", "prune-free:dev"));
     // --force: mine and what nothing uses go; another user's environment and its image stay.
     let o = prune(&["--force"]);
     assert!(o.status.success(), "{}", output_text(&o));

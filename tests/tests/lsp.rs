@@ -393,8 +393,8 @@ fn malformed_messages_are_refused_and_the_server_keeps_serving() {
     assert!(editor.stop().success());
 }
 
-/// A real editor's LSP client: Neovim (Debian's, headless) starts `envd lsp` as its
-/// configuration in docs/editors.md says, then reports what it shows.
+/// A real editor's LSP client: Neovim (Debian's, headless) configured by nothing but
+/// `editors/neovim/envd.lua` (what docs/editors.md tells users to use), then asked what it shows.
 #[test]
 fn neovim_shows_the_diagnostics_completes_and_jumps() {
     let nvim = Command::new("nvim").arg("--version").output();
@@ -419,8 +419,10 @@ fn neovim_shows_the_diagnostics_completes_and_jumps() {
     let report = dir.path().join("report.txt");
     let script = dir.path().join("check.lua");
     std::fs::write(&script, NEOVIM_SCRIPT).unwrap();
+    let config = envd_e2e::workspace_root().join("editors/neovim/envd.lua");
     let out = isolated(&mut Command::new("nvim"))
-        .args(["--headless", "--clean", "-n"])
+        .args(["--headless", "-n", "-i", "NONE", "-u"])
+        .arg(&config)
         .arg("-c")
         .arg(format!("luafile {}", script.display()))
         .arg(&file)
@@ -438,6 +440,7 @@ fn neovim_shows_the_diagnostics_completes_and_jumps() {
     let shown = std::fs::read_to_string(&report)
         .unwrap_or_else(|e| panic!("no report ({e}): {}", output_text(&out)));
     let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines.contains(&"FILETYPE envd"), "{shown}");
     assert!(
         lines
             .iter()
@@ -459,21 +462,12 @@ fn neovim_shows_the_diagnostics_completes_and_jumps() {
     );
 }
 
-/// Drives Neovim 0.7's built-in client (the configuration docs/editors.md gives, then requests
-/// as the editor makes them) and writes what it got to $REPORT.
+/// Waits for the client editors/neovim/envd.lua started, then makes the requests the editor
+/// makes and writes what came back to $REPORT.
 const NEOVIM_SCRIPT: &str = r#"
 local out = {}
-local function done()
-  vim.fn.writefile(out, os.getenv("REPORT"))
-  vim.cmd("qa!")
-end
 local ok, err = pcall(function()
-  local id = vim.lsp.start_client({
-    name = "envd",
-    cmd = { os.getenv("ENVD_BIN"), "lsp" },
-    root_dir = vim.fn.getcwd(),
-  })
-  vim.lsp.buf_attach_client(0, id)
+  table.insert(out, "FILETYPE " .. vim.bo.filetype)
   vim.wait(15000, function() return #vim.diagnostic.get(0) > 0 end, 20)
   for _, d in ipairs(vim.diagnostic.get(0)) do
     table.insert(out, string.format("DIAG %d:%d %s", d.lnum + 1, d.col + 1, d.message))
@@ -502,8 +496,10 @@ local ok, err = pcall(function()
       table.insert(out, string.format("DEF %s:%d", l.targetUri or l.uri, range.start.line))
     end
   end
-  vim.lsp.stop_client(id)
+  for _, client in pairs(vim.lsp.buf_get_clients(0)) do client.stop() end
+  vim.wait(5000, function() return #vim.lsp.get_active_clients() == 0 end, 20)
 end)
 if not ok then table.insert(out, "ERROR " .. tostring(err)) end
-done()
+vim.fn.writefile(out, os.getenv("REPORT"))
+vim.cmd("qa!")
 "#;

@@ -57,6 +57,29 @@ pub struct PruneArgs {
     /// With --cache: only the cache older than this (a Go duration, e.g. 24h).
     #[arg(long, requires = "cache")]
     cache_older_than: Option<String>,
+    /// table or json. JSON never asks: without --force it only lists what would go.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+/// What `envd prune --format json` prints: the plan, and what happened to it.
+#[derive(serde::Serialize)]
+struct PruneReport<'a> {
+    #[serde(flatten)]
+    plan: &'a envd_builder::prune::Plan,
+    /// Whether the build cache is part of it (`--cache`), and its age limit.
+    cache: Option<CacheScope<'a>>,
+    /// Whether anything was removed (`--force`), or this is only the list.
+    removed: bool,
+    /// What the engine refused to remove, in its words.
+    kept: Vec<String>,
+    /// Bytes of build cache reclaimed.
+    cache_reclaimed: i64,
+}
+
+#[derive(serde::Serialize)]
+struct CacheScope<'a> {
+    older_than: Option<&'a str>,
 }
 
 /// Shows what would go, asks, removes.
@@ -64,47 +87,80 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     super::tokio()?.block_on(async {
         let docker = envd_builder::docker::connect().await?;
         let plan = envd_builder::prune::plan(&docker).await?;
-        for (env, container) in &plan.environments {
-            envd_builder::say!("stopped environment {env} (container {container})");
+        let json = args.format == "json";
+        if !json {
+            show_plan(&plan, &args);
+            if plan.is_empty() && !args.cache {
+                envd_builder::say!("nothing to prune");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !args.force && !confirmed()? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
-        for i in &plan.images {
-            let names = match i.tags.is_empty() {
-                true => i.id.clone(),
-                false => i.tags.join(", "),
-            };
-            envd_builder::say!("image {names} ({})", size(i.size));
+        let mut report = PruneReport {
+            plan: &plan,
+            cache: args.cache.then(|| CacheScope {
+                older_than: args.cache_older_than.as_deref(),
+            }),
+            removed: false,
+            kept: Vec::new(),
+            cache_reclaimed: 0,
+        };
+        if !json || args.force {
+            report.kept = envd_builder::prune::apply(&docker, &plan).await;
+            report.removed = true;
+            if args.cache {
+                let older = args.cache_older_than.as_deref();
+                report.cache_reclaimed = envd_builder::prune::build_cache(&docker, older).await?;
+            }
         }
-        for h in &plan.helpers {
-            envd_builder::say!("helper image {}", h.tag);
+        if json {
+            envd_builder::say!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            show_result(&report);
         }
-        if args.cache {
-            let age = (args.cache_older_than.as_deref())
-                .map_or(String::new(), |d| format!(" older than {d}"));
-            envd_builder::say!("the engine's build cache{age}");
-        } else if plan.is_empty() {
-            envd_builder::say!("nothing to prune");
-            return Ok(ExitCode::SUCCESS);
-        }
-        if !args.force && !confirmed()? {
-            return Ok(ExitCode::FAILURE);
-        }
-        let failed = envd_builder::prune::apply(&docker, &plan).await;
-        for f in &failed {
-            eprintln!("envd: kept {f}");
-        }
-        let removed = plan.environments.len() + plan.images.len() + plan.helpers.len();
-        envd_builder::say!("removed {} of {removed}", removed - failed.len());
-        if args.cache {
-            let older = args.cache_older_than.as_deref();
-            let bytes = envd_builder::prune::build_cache(&docker, older).await?;
-            envd_builder::say!("build cache: {} reclaimed", size(bytes));
-        }
-        Ok(if failed.is_empty() {
+        Ok(if report.kept.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
     })
+}
+
+/// What would go, a line each.
+fn show_plan(plan: &envd_builder::prune::Plan, args: &PruneArgs) {
+    for (env, container) in &plan.environments {
+        envd_builder::say!("stopped environment {env} (container {container})");
+    }
+    for i in &plan.images {
+        let names = match i.tags.is_empty() {
+            true => i.id.clone(),
+            false => i.tags.join(", "),
+        };
+        envd_builder::say!("image {names} ({})", size(i.size));
+    }
+    for h in &plan.helpers {
+        envd_builder::say!("helper image {}", h.tag);
+    }
+    if args.cache {
+        let age = (args.cache_older_than.as_deref())
+            .map_or(String::new(), |d| format!(" older than {d}"));
+        envd_builder::say!("the engine's build cache{age}");
+    }
+}
+
+/// What went and what the engine kept.
+fn show_result(report: &PruneReport) {
+    for f in &report.kept {
+        eprintln!("envd: kept {f}");
+    }
+    let plan = report.plan;
+    let removed = plan.environments.len() + plan.images.len() + plan.helpers.len();
+    envd_builder::say!("removed {} of {removed}", removed - report.kept.len());
+    if report.cache.is_some() {
+        envd_builder::say!("build cache: {} reclaimed", size(report.cache_reclaimed));
+    }
 }
 
 /// Asks at a terminal; refuses where nobody can answer.
