@@ -7,12 +7,17 @@ silent slot holders evicted after 5 s while others wait).
    login is tried ATTEMPTS times (one after the other): how many get in, and how long they take.
 2. login storm: STORM real OpenSSH logins started at once: how many get in, and the wall time.
 
-Usage: scripts/bench_flood.py ENVD_SSHD [--silent 32] [--attempts 5] [--storm 200] [--out F]
+Each round runs both servers, the order alternating; every figure is min / median / max over
+the rounds.
+
+Usage: scripts/bench_flood.py ENVD_SSHD [--silent 32] [--attempts 5] [--storm 200] [--rounds 3]
+                              [--out F]
 """
 
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -58,31 +63,51 @@ def main():
     ap.add_argument("--silent", type=int, default=32)
     ap.add_argument("--attempts", type=int, default=5)
     ap.add_argument("--storm", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="envd-bench-flood-")
     subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", os.path.join(work, "id")], check=True)
     os.rename(os.path.join(work, "id.pub"), os.path.join(work, "authorized_keys"))
-    res = {}
-    for kind, binary in (("envd", a.envd_sshd), ("openssh", a.openssh)):
-        srv = Server(kind, binary, work, default_limits=True)
-        try:
-            res[kind] = {"silent": silent_flood(srv, a.silent, a.attempts)}
-        finally:
-            srv.stop()
-        srv = Server(kind, binary, work, default_limits=True)
-        try:
-            res[kind]["storm"] = storm(srv, a.storm)
-        finally:
-            srv.stop()
+    servers = {"envd": a.envd_sshd, "openssh": a.openssh}
+    res = {kind: {"in": [], "first": [], "storm_in": [], "storm_wall": []} for kind in servers}
+    for i in range(a.rounds):
+        order = list(servers) if i % 2 == 0 else list(reversed(servers))
+        for kind in order:
+            srv = Server(kind, servers[kind], work, default_limits=True)
+            try:
+                got_in, first = silent_flood(srv, a.silent, a.attempts)
+            finally:
+                srv.stop()
+            srv = Server(kind, servers[kind], work, default_limits=True)
+            try:
+                storm_in, wall = storm(srv, a.storm)
+            finally:
+                srv.stop()
+            for key, value in (("in", got_in), ("first", first), ("storm_in", storm_in),
+                               ("storm_wall", wall)):
+                res[kind][key].append(value)
+
+    def spread(xs, fmt):
+        xs = [x for x in xs if x == x]  # a round where nobody got in has no time
+        if not xs:
+            return "none got in"
+        return " / ".join(fmt.format(v) for v in (min(xs), statistics.median(xs), max(xs)))
+
     e, o = res["envd"], res["openssh"]
     lines = [
+        f"{a.rounds} rounds, the two servers alternating; min / median / max.",
+        "",
         f"| measure (default limits) | envd-sshd | OpenSSH {openssh_version()} |",
         "|---|---:|---:|",
-        f"| real logins that got in with {a.silent} silent connections open | {e['silent'][0]} of {a.attempts} | {o['silent'][0]} of {a.attempts} |",
-        f"| time the first of them that got in took | {e['silent'][1]:.1f} s | {o['silent'][1]:.1f} s |",
-        f"| {a.storm} logins started at once that got in | {e['storm'][0]} | {o['storm'][0]} |",
-        f"| wall time for the {a.storm} | {e['storm'][1]:.1f} s | {o['storm'][1]:.1f} s |",
+        f"| real logins (of {a.attempts}) that got in with {a.silent} silent connections open | "
+        f"{spread(e['in'], '{:.0f}')} | {spread(o['in'], '{:.0f}')} |",
+        f"| time the first of them that got in took (s) | {spread(e['first'], '{:.1f}')} | "
+        f"{spread(o['first'], '{:.1f}')} |",
+        f"| {a.storm} logins started at once that got in | {spread(e['storm_in'], '{:.0f}')} | "
+        f"{spread(o['storm_in'], '{:.0f}')} |",
+        f"| wall time for the {a.storm} (s) | {spread(e['storm_wall'], '{:.1f}')} | "
+        f"{spread(o['storm_wall'], '{:.1f}')} |",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

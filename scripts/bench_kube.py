@@ -83,7 +83,8 @@ def main():
         image = must(kubectl + ["get", "pod", "kbench-root", "-o",
                                 "jsonpath={.spec.containers[0].image}"])
         ssh_ready, all_healthy, inside_ssh, inside_all, alone = [], [], [], [], []
-        for i in range(a.runs):
+
+        def envd_round():
             envd("down", "--name", "kbench")
             t0 = time.monotonic()
             proc = subprocess.Popen([a.envd, "up", "--path", project, "--detach"], env=env,
@@ -108,6 +109,8 @@ def main():
             m = re.search(r"every service healthy ([\d.]+)s after the start, sshd after ([\d.]+)s", out)
             inside_all.append(float(m.group(1)))
             inside_ssh.append(float(m.group(2)))
+
+        def alone_round(i):
             # The peer: the same image, the cluster alone.
             pod = f"alone-{i}"
             t = time.monotonic()
@@ -117,19 +120,26 @@ def main():
             alone.append(time.monotonic() - t)
             must(kubectl + ["delete", "pod", pod, "--grace-period=0", "--force"])
 
-        # ssh latency: through the port-forward vs a local OpenSSH.
-        kube_lat = []
-        for _ in range(20):
-            t = time.perf_counter()
-            must(ssh)
-            kube_lat.append((time.perf_counter() - t) * 1000)
+        for i in range(a.runs):
+            # Which side goes first alternates round by round.
+            if i % 2 == 0:
+                envd_round()
+                alone_round(i)
+            else:
+                alone_round(i)
+                envd_round()
+
+        # ssh latency: through the port-forward vs a local OpenSSH, one of each in turn.
         subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", os.path.join(work, "id")],
                        check=True)
         os.rename(os.path.join(work, "id.pub"), os.path.join(work, "authorized_keys"))
         srv = Server("openssh", "/usr/sbin/sshd", work)
+        kube_lat, local_lat = [], []
         try:
-            local_lat = []
             for _ in range(20):
+                t = time.perf_counter()
+                must(ssh)
+                kube_lat.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
                 subprocess.run(srv.ssh("chacha20-poly1305@openssh.com", "127.0.0.1", "true"),
                                check=True, stdin=subprocess.DEVNULL)
@@ -140,20 +150,25 @@ def main():
         envd("down", "--name", "kbench", "--volumes")
         run(["kubectl", "--kubeconfig", kubeconfig, "delete", "namespace", ns, "--wait=false"])
 
+    def spread(xs, f="{:.2f}"):
+        return " / ".join(f.format(v) for v in (min(xs), median(xs), max(xs)))
+
     lines = [
-        f"# envd up on Kubernetes ({a.runs} rounds, medians; image already pushed)",
+        f"# envd up on Kubernetes ({a.runs} rounds, the two sides alternating which goes first; "
+        "min / median / max; image already pushed)",
         "",
-        "| | envd up (cluster runner) | cluster alone (kubectl run + wait Ready) | ratio |",
+        "| | envd up (cluster runner) | cluster alone (kubectl run + wait Ready) | ratio (medians) |",
         "|---|---|---|---|",
-        f"| start to SSH-ready (ssh NAME.envd true succeeds) | {median(ssh_ready):.2f} s | | |",
-        f"| start to every service healthy (envd up returns) | {median(all_healthy):.2f} s | "
-        f"{median(alone):.2f} s | {median(all_healthy) / median(alone):.2f}x |",
-        f"| container running to sshd ready (as envd up reports) | {median(inside_ssh):.2f} s | | |",
-        f"| container running to all healthy (as envd up reports) | {median(inside_all):.2f} s | | |",
+        f"| start to SSH-ready (ssh NAME.envd true succeeds) | {spread(ssh_ready)} s | | |",
+        f"| start to every service healthy (envd up returns) | {spread(all_healthy)} s | "
+        f"{spread(alone)} s | {median(all_healthy) / median(alone):.2f}x |",
+        f"| container running to sshd ready (as envd up reports) | {spread(inside_ssh)} s | | |",
+        f"| container running to all healthy (as envd up reports) | {spread(inside_all)} s | | |",
         "",
-        "| ssh latency (20 runs, median) | through the port-forward | local OpenSSH sshd | ratio |",
+        "| ssh latency (20 runs each, alternating; min / median / max) | through the port-forward "
+        "| local OpenSSH sshd | ratio (medians) |",
         "|---|---|---|---|",
-        f"| `ssh HOST true` | {median(kube_lat):.0f} ms | {median(local_lat):.0f} ms | "
+        f"| `ssh HOST true` | {spread(kube_lat, '{:.0f}')} ms | {spread(local_lat, '{:.0f}')} ms | "
         f"{median(kube_lat) / median(local_lat):.2f}x |",
     ]
     text = "\n".join(lines) + "\n"

@@ -116,8 +116,12 @@ def one_round(cmd, root, uri, text, broken, typing, samples):
         t0 = time.monotonic()
         s.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": v},
                                             "contentChanges": [{"text": body}]})
-        s.wait(is_diag, "diagnostics")
+        got = s.wait(is_diag, "diagnostics")
         samples["diagnostics"].append(time.monotonic() - t0)
+        if cmd[-1] == "lsp":  # envd: the broken version has exactly its one error
+            found = len(got["params"]["diagnostics"])
+            if found != (1 if body is broken else 0):
+                raise SystemExit(f"envd lsp: {found} diagnostics for version {v}: {got}")
     # Typing `install.` on the last line: the file does not parse until the name is there.
     s.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 20},
                                         "contentChanges": [{"text": typing}]})
@@ -162,7 +166,8 @@ def main():
     with open(path, "w") as f:
         f.write(text)
     uri = f"file://{path}"
-    sides = {"envd lsp": [a.envd, "lsp"], "starlark --lsp": [a.starlark, "--lsp"]}
+    sides = {"envd lsp": [os.path.abspath(a.envd), "lsp"],
+             "starlark --lsp": [os.path.abspath(a.starlark), "--lsp"]}
     samples = {k: {"start": [], "diagnostics": [], "completion": [], "hover": []} for k in sides}
     for i in range(a.rounds):
         order = list(sides) if i % 2 == 0 else list(reversed(sides))

@@ -8,10 +8,12 @@ plus `config.vscode_server()` (`vscode`). Measured in one run:
     came from the cache on the warm rebuild;
   - image size of each;
   - `envd up --detach` on the built image: container start -> each service healthy, as envd up
-    reports it (median of the rounds);
+    reports it;
+Builds repeat --build-rounds times, the two projects alternating which goes first; every figure
+is min / median / max over its rounds.
   - idle RSS (10 s after all healthy) of the server's processes, and of envd-init + envd-sshd.
 
-Usage: scripts/bench_vscode.py ENVD [--runs N] [--out FILE]
+Usage: scripts/bench_vscode.py ENVD [--runs N] [--build-rounds N] [--out FILE]
 """
 
 import argparse
@@ -40,9 +42,9 @@ def write(path, vscode, packages):
         f.write(PROGRAM.format(packages=", ".join(f'"{p}"' for p in packages), extra=extra))
 
 
-def build(envd, path):
+def build(envd, path, force=False):
     t0 = time.monotonic()
-    r = run([envd, "build", "--path", path], env={**os.environ, "ENVD_PROGRESS": "plain"})
+    r = run([envd, "build", "--path", path] + (["--force"] if force else []), env={**os.environ, "ENVD_PROGRESS": "plain"})
     took = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"envd build {path} failed:\n{r.stdout}{r.stderr}")
@@ -60,27 +62,33 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("envd")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--build-rounds", type=int, default=2)
     ap.add_argument("--out")
     a = ap.parse_args()
     envd = os.path.abspath(a.envd)
     root = "/var/tmp/envd-vscode-bench"
     shutil.rmtree(root, ignore_errors=True)
     paths = {}
-    for kind in ("plain", "vscode"):
+    kinds = ("plain", "vscode")
+    for kind in kinds:
         paths[kind] = os.path.join(root, f"bench{kind}")
         os.makedirs(paths[kind])
-        write(paths[kind], kind == "vscode", ["numpy"])
-
-    cold, warm, sizes = {}, {}, {}
-    for kind in ("plain", "vscode"):
-        run(["docker", "builder", "prune", "-af"])
-        cold[kind] = build(envd, paths[kind])
-    # One more package, twice: the first round fills the pip cache mount for both (the cold
-    # builds emptied it), the second is measured.
-    for packages in (["numpy", "six"], ["numpy", "six", "idna"]):
-        for kind in ("plain", "vscode"):
-            write(paths[kind], kind == "vscode", packages)
-            warm[kind] = build(envd, paths[kind])
+    cold, warm, sizes, server_steps = ({k: [] for k in kinds} for _ in range(4))
+    for i in range(a.build_rounds):
+        order = kinds if i % 2 == 0 else tuple(reversed(kinds))
+        for kind in order:
+            write(paths[kind], kind == "vscode", ["numpy"])
+            run(["docker", "builder", "prune", "-af"])
+            cold[kind].append(build(envd, paths[kind], force=True)[0])
+        # One more package, twice: the first fills the pip cache mount for both (the cold
+        # builds emptied it), the second is measured.
+        for packages in (["numpy", "six"], ["numpy", "six", "idna"]):
+            for kind in order:
+                write(paths[kind], kind == "vscode", packages)
+                took, steps, rebuilt = build(envd, paths[kind])
+                if len(packages) == 3:
+                    warm[kind].append(took)
+                    server_steps[kind] = (steps, rebuilt)
     for kind in ("plain", "vscode"):
         size = run(["docker", "image", "inspect", "-f", "{{.Size}}", f"bench{kind}:dev"]).stdout.strip()
         sizes[kind] = int(size) / 1e9
@@ -104,35 +112,42 @@ def main():
     run([envd, "down", "--name", name, "--volumes"])
 
     med = statistics.median
+    spread = lambda xs, f="{:.1f}": " / ".join(f.format(v) for v in (min(xs), med(xs), max(xs)))  # noqa: E731
     lines = [
-        "Build (seconds; cold: empty build cache; warm: one more python package):",
+        f"Build (seconds, {a.build_rounds} rounds alternating, min / median / max; cold: empty "
+        "build cache; warm: one more python package):",
         "",
         "| image | cold build | warm rebuild | server steps rebuilt when warm | size (GB) |",
         "|---|---|---|---|---|",
     ]
-    for kind in ("plain", "vscode"):
-        steps = f"{warm[kind][2]} of {warm[kind][1]}" if kind == "vscode" else "-"
-        lines.append(f"| {kind} | {cold[kind][0]:.1f} | {warm[kind][0]:.1f} | {steps} | {sizes[kind]:.2f} |")
+    for kind in kinds:
+        steps = server_steps[kind]
+        rebuilt = f"{steps[1]} of {steps[0]}" if kind == "vscode" else "-"
+        lines.append(f"| {kind} | {spread(cold[kind])} | {spread(warm[kind])} | {rebuilt} | "
+                     f"{sizes[kind]:.2f} |")
+    gap = med(warm["vscode"]) - med(warm["plain"])
     lines += [
         "",
-        f"| | vscode / plain |",
+        "| | vscode / plain (medians) |",
         "|---|---|",
-        f"| cold build | {cold['vscode'][0] / cold['plain'][0]:.2f}x |",
-        f"| warm rebuild | {warm['vscode'][0] / warm['plain'][0]:.2f}x ({warm['vscode'][0] - warm['plain'][0]:+.1f} s) |",
+        f"| cold build | {med(cold['vscode']) / med(cold['plain']):.2f}x |",
+        f"| warm rebuild | {med(warm['vscode']) / med(warm['plain']):.2f}x ({gap:+.1f} s) |",
         f"| image size | {sizes['vscode'] / sizes['plain']:.2f}x |",
         "",
-        f"Start (`envd up --detach` of the vscode image, median of {a.runs}): container start -> healthy:",
+        f"Start (`envd up --detach` of the vscode image, {a.runs} rounds, min / median / max): "
+        "container start -> healthy:",
         "",
         "| service | seconds |",
         "|---|---|",
     ]
     for service, values in ready.items():
         if values:
-            lines.append(f"| {service} | {med(values):.2f} |")
+            lines.append(f"| {service} | {spread(values, '{:.2f}')} |")
     lines += [
         "",
-        f"Idle RSS 10 s after all healthy (median of {a.runs}): code-server's processes "
-        f"{med(server_rss) / 1024:.0f} MB; envd-init + envd-sshd {med(runtime_rss) / 1024:.1f} MB.",
+        f"Idle RSS 10 s after all healthy ({a.runs} rounds, min / median / max): code-server's "
+        f"processes {spread([x / 1024 for x in server_rss], '{:.0f}')} MB; envd-init + envd-sshd "
+        f"{spread([x / 1024 for x in runtime_rss])} MB.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

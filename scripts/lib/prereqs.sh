@@ -75,6 +75,8 @@ prereqs() {
 # Horust's published crate: its example service files are test data for our parser, and the
 # benchmark builds Horust from it. Fetched from crates.io (no GitHub needed).
 HORUST_VERSION=0.1.13
+# starlark's own language server (starlark_bin), the LSP benchmark's peer: the version starlark_lsp is.
+STARLARK_BIN_VERSION=0.14.2
 ensure_horust_src() {
   local dest=target/peers/horust-src
   if [ -f "$dest/example_services/sample_service.toml" ]; then return 0; fi
