@@ -240,14 +240,25 @@ mod tests {
                         "{ns}.{}: {detail}",
                         item.label
                     );
-                    // The markdown is more than the signature: the function's own words.
+                    assert!(doc.contains(&item.label), "{ns}.{}: {doc}", item.label);
+                }
+            }
+            // Every function says what it does (its docstring, not only its signature).
+            for (name, item) in &namespace(&api, &[ns.to_string()]).unwrap().members {
+                if matches!(item, DocItem::Member(DocMember::Function(_))) {
                     assert!(
-                        doc.lines().count() > 3,
-                        "{ns}.{} has no docs:\n{doc}",
-                        item.label
+                        item.get_doc_summary().is_some_and(|s| !s.is_empty()),
+                        "{ns}.{name} has no docstring"
                     );
                 }
             }
+        }
+        for global in ["base", "shell", "run", "git_config", "include"] {
+            let item = api.members.get(global).unwrap();
+            assert!(
+                item.get_doc_summary().is_some(),
+                "{global} has no docstring"
+            );
         }
         let install = completions(namespace(&api, &["install".into()]).unwrap());
         let pp = install
