@@ -100,7 +100,7 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
         }
         let mut report = PruneReport {
             plan: &plan,
-            cache: args.cache.then(|| CacheScope {
+            cache: args.cache.then_some(CacheScope {
                 older_than: args.cache_older_than.as_deref(),
             }),
             removed: false,
