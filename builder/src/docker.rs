@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::query_parameters::{CreateImageOptions, InspectContainerOptions, ListImagesOptions};
+use bollard::query_parameters::{InspectContainerOptions, ListImagesOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
@@ -205,7 +205,7 @@ pub async fn ensure_host_ca_image(docker: &Docker, bundle: &Path) -> anyhow::Res
     let mut tar = tar_builder();
     append_file(&mut tar, HOST_CA_FILE, &data, 0o644)?;
     let (repo, tag) = HOST_CA_IMAGE.split_once(':').expect("a tagged name");
-    let label = format!("LABEL {LABEL_CONTENT}={hash}");
+    let label = format!("{LABEL_CONTENT}={hash}");
     let what = "the host's CA bundle as an image";
     import_tar_with(docker, repo, tag, tar.into_inner()?, what, vec![label]).await
 }
@@ -213,7 +213,7 @@ pub async fn ensure_host_ca_image(docker: &Docker, bundle: &Path) -> anyhow::Res
 /// The label of an imported image that names its content.
 const LABEL_CONTENT: &str = "envd-rs.content";
 
-/// `docker import` of a tar as `repo:tag` (one layer, no config).
+/// Loads a one-layer image of the files in `layer` (a tar) as `repo:tag`.
 async fn import_tar(
     docker: &Docker,
     repo: &str,
@@ -224,31 +224,76 @@ async fn import_tar(
     import_tar_with(docker, repo, tag, tar, what, Vec::new()).await
 }
 
-/// [`import_tar`] with Dockerfile `changes` (such as a `LABEL`) applied to the image.
+/// [`import_tar`] with `labels` (`KEY=VALUE`) on the image.
+///
+/// The image goes in as `docker save`'s archive with a fixed configuration (creation time 0), not
+/// through `docker import`, which stamps the time: so the same files always make the same image
+/// id. Concurrent builds each make sure a helper image exists; with `docker import` the last one
+/// moved the tag to a new id, which changed the cache key of every step that uses the image
+/// (measured: the apt step of a build ran again on Engine 26 after a concurrent build imported
+/// the host-CA image). Now the tag stays on the same image.
 async fn import_tar_with(
     docker: &Docker,
     repo: &str,
     tag: &str,
     tar: Vec<u8>,
     what: &str,
-    changes: Vec<String>,
+    labels: Vec<String>,
 ) -> anyhow::Result<()> {
-    let options = CreateImageOptions {
-        from_src: Some("-".into()),
-        repo: Some(repo.into()),
-        tag: Some(tag.into()),
-        changes,
+    let archive = image_archive(&format!("{repo}:{tag}"), &tar, &labels)?;
+    let options = bollard::query_parameters::ImportImageOptions {
+        quiet: true,
         ..Default::default()
     };
-    let body = bollard::body_full(tar.into());
-    let mut progress = docker.create_image(Some(options), Some(body), None);
+    let mut progress = docker.import_image(options, bollard::body_full(archive.into()), None);
     while let Some(item) = progress.next().await {
-        let info = item.with_context(|| format!("importing {what} failed"))?;
+        let info = item.with_context(|| format!("loading {what} failed"))?;
         if let Some(e) = info.error_detail.and_then(|d| d.message) {
-            bail!("importing {what} failed: {e}");
+            bail!("loading {what} failed: {e}");
         }
     }
     Ok(())
+}
+
+/// `docker save`'s archive of one image: `name`, one layer, `labels`, created at time 0.
+fn image_archive(name: &str, layer: &[u8], labels: &[String]) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let diff_id = format!("{:x}", sha2::Sha256::digest(layer));
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": engine_arch(),
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": { "Labels": labels },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    }))?;
+    let config_name = format!("{:x}.json", sha2::Sha256::digest(&config));
+    let layer_name = format!("{diff_id}/layer.tar");
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [name],
+        "Layers": [layer_name],
+    }]))?;
+    let mut archive = tar_builder();
+    append_file(&mut archive, &config_name, &config, 0o644)?;
+    append_file(&mut archive, &layer_name, layer, 0o644)?;
+    append_file(&mut archive, "manifest.json", &manifest, 0o644)?;
+    Ok(archive.into_inner()?)
+}
+
+/// The engine's name for this machine's architecture (the helper images are data, but the
+/// engine checks the platform of what it runs and BuildKit of what it resolves).
+fn engine_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
 }
 
 /// A tar of files owned by root with time 0: the same files give the same archive.
@@ -428,6 +473,30 @@ pub async fn untag(docker: &Docker, reference: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_same_files_make_the_same_image_archive() {
+        let mut layer = tar_builder();
+        append_file(&mut layer, "envd-host-ca.crt", b"certificate", 0o644).unwrap();
+        let layer = layer.into_inner().unwrap();
+        let labels = vec!["envd-rs.content=abc".to_string()];
+        let one = image_archive("envd-rs/host-ca:current", &layer, &labels).unwrap();
+        let two = image_archive("envd-rs/host-ca:current", &layer, &labels).unwrap();
+        assert_eq!(one, two);
+        let other = image_archive("envd-rs/host-ca:current", &layer, &[]).unwrap();
+        assert_ne!(one, other, "the labels are part of the image");
+        // docker save's layout: the config named by its digest, the layer by its diff id.
+        let mut names = Vec::new();
+        for entry in tar::Archive::new(&one[..]).entries().unwrap() {
+            names.push(entry.unwrap().path().unwrap().display().to_string());
+        }
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names[0].ends_with(".json") && names[1].ends_with("/layer.tar"),
+            "{names:?}"
+        );
+        assert_eq!(names[2], "manifest.json");
+    }
     use super::*;
 
     #[test]
