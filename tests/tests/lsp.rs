@@ -503,3 +503,19 @@ if not ok then table.insert(out, "ERROR " .. tostring(err)) end
 vim.fn.writefile(out, os.getenv("REPORT"))
 vim.cmd("qa!")
 "#;
+
+#[test]
+fn an_editor_that_leaves_without_shutdown_is_said_in_words() {
+    let out = isolated(&mut Command::new(runtime_dir().join("envd")))
+        .arg("lsp")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("closed the connection without `shutdown`"),
+        "{said}"
+    );
+    assert!(!said.contains("disconnected channel"), "{said}");
+}

@@ -18,10 +18,11 @@ pub struct BuildFiles {
     cache_dir: PathBuf,
 }
 
-impl Default for BuildFiles {
-    fn default() -> Self {
+impl BuildFiles {
+    /// The context for files whose API is documented by `api` (`lang::globals().documentation()`).
+    pub fn new(api: DocModule) -> Self {
         BuildFiles {
-            api: lang::globals().documentation(),
+            api,
             cache_dir: lang::default_cache_dir(),
         }
     }

@@ -12,6 +12,7 @@ pub mod context;
 pub mod members;
 pub mod router;
 
+use std::io::IsTerminal as _;
 use std::thread;
 
 use lsp_server::{Connection, Message};
@@ -22,6 +23,13 @@ use router::{with_our_capabilities, Documents, Route};
 /// Serves the editor on stdin/stdout until it says `exit` or closes the stream. `Ok(true)` when
 /// it said `shutdown` first (the protocol's clean end: exit code 0; otherwise 1).
 pub fn serve_stdio() -> anyhow::Result<bool> {
+    if std::io::stdin().is_terminal() {
+        // Someone typed `envd lsp` by hand: it would wait in silence for an editor's messages.
+        eprintln!(
+            "envd lsp: a language server for build.envd files, speaking LSP on stdin/stdout; \
+             editors start it (docs/editors.md). Waiting for an editor's messages; Ctrl-D ends."
+        );
+    }
     let (editor, io_threads) = Connection::stdio();
     let clean = serve(editor)?;
     io_threads.join()?;
@@ -31,12 +39,12 @@ pub fn serve_stdio() -> anyhow::Result<bool> {
 /// Serves the editor on `editor`: starlark's server runs on a thread of its own, behind the
 /// router. Returns whether the editor said `shutdown` before it left.
 pub fn serve(editor: Connection) -> anyhow::Result<bool> {
+    let api = crate::lang::globals().documentation();
+    let context = BuildFiles::new(api.clone());
     let (ours, theirs) = Connection::memory();
     let server = thread::Builder::new()
         .name("starlark-lsp".into())
-        .spawn(move || {
-            starlark_lsp::server::server_with_connection(theirs, BuildFiles::default())
-        })?;
+        .spawn(move || starlark_lsp::server::server_with_connection(theirs, context))?;
     let to_editor = editor.sender.clone();
     let from_server = ours.receiver;
     let replies = thread::Builder::new()
@@ -52,7 +60,6 @@ pub fn serve(editor: Connection) -> anyhow::Result<bool> {
                 }
             }
         })?;
-    let api = crate::lang::globals().documentation();
     let mut documents = Documents::default();
     let mut to_server = Some(ours.sender);
     for msg in &editor.receiver {
@@ -83,7 +90,13 @@ pub fn serve(editor: Connection) -> anyhow::Result<bool> {
     let served = server
         .join()
         .map_err(|_| anyhow::anyhow!("the language server panicked"))?;
-    served?;
+    if clean {
+        served?;
+    } else {
+        // starlark's server then fails on its closed channel (before `initialize`, say): that
+        // is the editor leaving, not an error of the server's.
+        eprintln!("envd lsp: the editor closed the connection without `shutdown`");
+    }
     replies
         .join()
         .map_err(|_| anyhow::anyhow!("the reply thread panicked"))?;
