@@ -10,7 +10,8 @@ host's CA given to pip, as envd-rs does), built
     Debian's docker CLI runs it (the classic builder: BuildKit needs the buildx plugin, which
     Debian 12 does not package), `--no-cache` for the cold rows; envd-rs with the engine's
     BuildKit.
-A third side is envd-rs with `install.uv()`: the same packages through `uv pip install`.
+envd-rs installs the Python packages with uv (its default); a third side is envd-rs with
+`install.python(installer="pip")`: the same packages through pip.
 
 Rows, each side in turn, the order rotating every round:
   - cold: the builder's whole cache pruned first (layers and cache mounts);
@@ -98,9 +99,9 @@ def main():
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-build-")
     projects = {
-        "envd-rs": project(work, "benchpip", "install.python()"),
+        "envd-rs": project(work, "benchuv", "install.python()"),
         "Dockerfile": project(work, "benchfile", "install.python()"),
-        "envd-rs, uv": project(work, "benchuv", "install.uv()"),
+        "envd-rs, pip": project(work, "benchpipinst", 'install.python(installer="pip")'),
     }
     tags = {k: f"bench/{k.replace(', ', '-').replace('envd-rs', 'envd').lower()}:build" for k in projects}
 
@@ -158,14 +159,14 @@ def main():
         f"{where}: debian:bookworm + apt {', '.join(APT)} + Node.js + pip {', '.join(PIP)}; "
         f"{a.runs} rounds (min / median / max), cold = the builder's cache pruned first.",
         "",
-        "| build | envd-rs | Dockerfile | envd-rs / Dockerfile | envd-rs with uv | uv / pip |",
+        "| build | envd-rs (uv) | Dockerfile | envd-rs / Dockerfile | envd-rs with pip | uv / pip |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        e, d, u = (times[r][s] for s in projects)
-        lines.append(f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(u)} | {med(u) / med(e):.2f}x |")
-    e, d, u = (sizes[s] for s in projects)
-    lines.append(f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {u:.0f} MB | {u / e:.2f}x |")
+        e, d, p = (times[r][s] for s in projects)
+        lines.append(f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(p)} | {med(e) / med(p):.2f}x |")
+    e, d, p = (sizes[s] for s in projects)
+    lines.append(f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {p:.0f} MB | {e / p:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

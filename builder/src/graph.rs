@@ -29,6 +29,8 @@ pub struct Graph {
     pub python_requirements: Vec<String>,
     /// `install.python_packages(local_wheels=...)`.
     pub python_local_wheels: Vec<String>,
+    /// `install.python(installer=...)`: what installs the Python packages into the venv.
+    pub python_installer: PythonInstaller,
     /// `install.conda_packages`.
     pub conda_packages: Vec<CondaPackages>,
     /// `install.r_packages`.
@@ -53,6 +55,18 @@ pub struct Graph {
     pub git_config: Option<GitConfig>,
     /// `runtime.*`: what the running environment does (stored in an image label).
     pub runtime: Runtime,
+}
+
+/// What installs `install.python_packages` into the environment's venv.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PythonInstaller {
+    /// `uv pip install` (uv from a pinned wheel, used during the build and not kept in the
+    /// image): the same requirements, installed in a fraction of pip's time.
+    #[default]
+    Uv,
+    /// `pip install`, as envd does.
+    Pip,
 }
 
 /// A language toolchain.

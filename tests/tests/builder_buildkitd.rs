@@ -166,7 +166,7 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
         "apt was not cached:\n{text}"
     );
     assert!(
-        text.contains("[run]    pip install -r requirements.txt"),
+        text.contains("[run]    uv pip install -r requirements.txt"),
         "{text}"
     );
     // BuildKit 0.13 has MergeOp: the runtime files are a layer of their own, merged, and not

@@ -168,8 +168,13 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         "apt ran again:\n{log}"
     );
     assert!(
-        log.contains("[run]    pip install six idna"),
+        log.contains("[run]    uv pip install six idna"),
         "pip did not run:\n{log}"
+    );
+    // The venv is a step of its own: a changed package list does not make it again.
+    assert!(
+        log.contains("[cached] python3 -m venv /opt/envd/venv"),
+        "the venv was made again:\n{log}"
     );
     // Engine 20.10's BuildKit (v0.8) has no MergeOp: one chain. Newer engines (Engine 26's
     // BuildKit 0.13, through DOCKER_HOST) get the runtime files as a merged layer.

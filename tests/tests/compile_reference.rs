@@ -241,6 +241,8 @@ fn pip_specs(exec: &str) -> Vec<String> {
                         | "--index-url"
                         | "--extra-index-url"
                         | "--cache-dir"
+                        | "--python"
+                        | "--link-mode"
                         | "--target"
                         | "--prefix"
                         | "-c"

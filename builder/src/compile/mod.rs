@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde_json::json;
 
+mod python;
 mod stages;
 pub mod toolchains;
 pub mod vscode;
@@ -646,6 +647,102 @@ mod tests {
         assert!(e.contains("config.rstudio_server"), "{e}");
     }
 
+    /// The exec steps in chain order, with their mounts' targets.
+    fn exec_steps(def: &pb::Definition) -> Vec<(String, Vec<String>)> {
+        let ops = ops_by_digest(def);
+        let mut out = Vec::new();
+        let mut digest = def_result(def);
+        while let Some(op) = ops.get(&digest) {
+            if let Some(pb::op::Op::Exec(exec)) = &op.op {
+                let args = exec.meta.as_ref().unwrap().args.join(" ");
+                out.push((args, exec.mounts.iter().map(|m| m.dest.clone()).collect()));
+            }
+            let Some(first) = op.inputs.first() else {
+                break;
+            };
+            digest = first.digest.clone();
+        }
+        out.reverse();
+        out
+    }
+
+    /// The digest of the op the definition's result reads.
+    fn def_result(def: &pb::Definition) -> String {
+        use prost::Message;
+        let last = pb::Op::decode(def.def.last().unwrap().as_slice()).unwrap();
+        last.inputs[0].digest.clone()
+    }
+
+    #[test]
+    fn the_venv_is_a_step_of_its_own_and_uv_installs_unless_pip_is_asked() {
+        let text = |installer: &str| {
+            graph(&format!("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python({installer})\n    install.python_packages(name=[\"six\"])\n"))
+        };
+        let c = compile(&text(""), &ctx()).unwrap();
+        let steps = exec_steps(&c.definition);
+        let venv = steps
+            .iter()
+            .position(|(a, _)| a.contains("python3 -m venv"));
+        let install = steps.iter().position(|(a, _)| a.contains("pip install"));
+        let (venv, install) = (
+            venv.expect("a venv step"),
+            install.expect("an install step"),
+        );
+        assert_eq!(venv + 1, install, "{steps:#?}");
+        assert!(!steps[venv].0.contains("pip install"), "{}", steps[venv].0);
+        let (args, mounts) = &steps[install];
+        assert!(
+            args.contains("/tmp/envd-uv/uv pip install --python /opt/envd/venv/bin/python"),
+            "{args}"
+        );
+        // uv is mounted into the install step only, from its pinned, checked wheel.
+        assert!(
+            mounts.contains(&python::UV_WHEEL_MOUNT.to_string()),
+            "{mounts:?}"
+        );
+        let with_wheel = steps
+            .iter()
+            .filter(|(_, m)| m.iter().any(|d| d == python::UV_WHEEL_MOUNT));
+        assert_eq!(with_wheel.count(), 1);
+        let llb = crate::buildkit::llb::describe(&c.definition);
+        assert!(llb.contains(python::UV_WHEEL_URL), "{llb}");
+        let checked = ops_by_digest(&c.definition).values().any(|op| {
+            let op = format!("{op:?}");
+            op.contains(python::UV_WHEEL_URL) && op.contains(python::UV_WHEEL_SHA256)
+        });
+        assert!(checked, "the wheel's source does not carry its digest");
+        assert!(python::UV_WHEEL_URL.contains(&format!("uv-{}-", python::UV_VERSION)));
+
+        let c = compile(&text("installer=\"pip\""), &ctx()).unwrap();
+        let steps = exec_steps(&c.definition);
+        let install = steps
+            .iter()
+            .find(|(a, _)| a.contains("pip install"))
+            .unwrap();
+        assert!(
+            install
+                .0
+                .contains("/opt/envd/venv/bin/pip install --cache-dir /var/cache/envd-pip six"),
+            "{}",
+            install.0
+        );
+        assert!(!crate::buildkit::llb::describe(&c.definition).contains("uv.whl"));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("build.envd"),
+            "def build():\n    install.python(installer=\"poetry\")\n",
+        )
+        .unwrap();
+        let e = evaluate_with_cache(dir.path(), &Entry::default(), &dir.path().join("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("installer=\"poetry\"") && e.contains(":2"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn context_files_come_from_the_context_image() {
         let g = graph("def build():\n    base(dev=True)\n    install.python_packages(requirements=\"requirements.txt\")\n    io.copy(source=\"data\", target=\"/data\")\n    run(commands=[\"ls\"], mount_host=True)\n");
@@ -653,8 +750,8 @@ mod tests {
         let text = crate::buildkit::llb::describe(&c.definition);
         for needle in [
             "source docker-image://docker.io/envd-rs/context:test",
-            "pip install --cache-dir /var/cache/envd-pip -r /context/requirements.txt",
-            "binds[/context<-/context ro]",
+            "--link-mode copy --compile-bytecode -r /context/requirements.txt",
+            "binds[/context<-/context ro",
             "copy /context/data -> /data",
             "binds[/home/envd/demo<-/context ro]",
         ] {

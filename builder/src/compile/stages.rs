@@ -5,8 +5,8 @@
 use anyhow::bail;
 
 use super::{
-    base_image, downloads_dir, python_prefix, python_version, quote, service_files, sh, toolchains,
-    vscode, Compiled, Inputs, DEV_APT_PACKAGES, VENV,
+    base_image, downloads_dir, python, python_prefix, python_version, quote, service_files, sh,
+    toolchains, vscode, Compiled, Inputs, DEV_APT_PACKAGES, VENV,
 };
 use crate::build_context;
 use crate::buildkit::llb::{Bind, CacheMount, DirSpec, Llb, State};
@@ -15,9 +15,6 @@ use crate::contract::{
     CACHE_DIR, HOME, HOST_CA, HOST_CA_VARIABLES, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS,
 };
 use crate::graph::{Graph, Language};
-
-/// Where pip's and uv's downloads are cached between builds.
-const PIP_CACHE: &str = "/var/cache/envd-pip";
 
 /// apt's archives and lists, kept between builds.
 fn apt_caches() -> [CacheMount; 2] {
@@ -200,7 +197,9 @@ impl<'g> Chain<'g> {
         apt
     }
 
-    /// `config.apt_source` and one `apt-get install` of every system package.
+    /// `config.apt_source` and one `apt-get install` of every system package. dpkg does not
+    /// sync each file it unpacks (`--force-unsafe-io`): BuildKit commits the step's layer as a
+    /// whole, and a step that dies mid-way leaves no layer to be half-written.
     pub fn system_packages(&mut self) {
         if let Some(src) = &self.g.config.apt_source {
             let sources = "/etc/apt/sources.list";
@@ -212,7 +211,7 @@ impl<'g> Chain<'g> {
         }
         let quoted: Vec<String> = apt.iter().map(|p| quote(p)).collect();
         let script = format!(
-            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
+            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io {}",
             quoted.join(" ")
         );
         let name = format!("apt-get install {}", apt.join(" "));
@@ -262,29 +261,42 @@ impl<'g> Chain<'g> {
         }
     }
 
-    /// The venv (unless conda has the Python) and every Python package, requirements file and
-    /// local wheel, in one step.
+    /// The venv (unless conda has the Python), then every Python package, requirements file and
+    /// local wheel in one step (see [`python`]).
     pub fn python(&mut self) {
         let Some(prefix) = self.python else { return };
-        let g = self.g;
-        let uv = g.languages.iter().any(|l| matches!(l, Language::Uv { .. }));
-        let packages = python_packages(g);
-        let script = python_script(g, prefix, uv, self.conda, &packages);
+        let installer = python::Installer::of(self.g, self.conda);
+        if let Some(script) = python::venv_script(self.g, prefix, self.conda, installer) {
+            let env = self.step_env(false);
+            let name = python::venv_label(prefix);
+            self.state = (self.llb).run(&self.state, sh(&script), env, "", &[], &name);
+        }
+        let Some((script, name)) = python::install_step(self.g, prefix, installer) else {
+            return;
+        };
         let mut env = self.step_env(false);
-        env.extend(pip_index_env(g));
-        let mut what: Vec<String> = packages;
-        what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
-        what.extend(g.python_local_wheels.iter().cloned());
-        let installer = if uv { "uv pip" } else { "pip" };
-        let name = format!("{installer} install {}", what.join(" "));
+        env.extend(python::index_env(self.g));
+        let g = self.g;
         let reads_context = !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty();
-        let binds = if reads_context {
+        let mut binds = if reads_context {
             self.context_binds()
         } else {
             Vec::new()
         };
+        if installer.needs_wheel() {
+            let wheel = (self.llb).http(
+                python::UV_WHEEL_URL,
+                Some(python::UV_WHEEL_SHA256),
+                Some(python::UV_WHEEL_FILE),
+            );
+            binds.push(Bind {
+                from: wheel,
+                selector: format!("/{}", python::UV_WHEEL_FILE),
+                dest: python::UV_WHEEL_MOUNT.into(),
+            });
+        }
         let cache = [CacheMount {
-            dest: PIP_CACHE.into(),
+            dest: python::PIP_CACHE.into(),
             id: "envd-pip".into(),
         }];
         self.state =
@@ -444,78 +456,6 @@ impl<'g> Chain<'g> {
             config,
         })
     }
-}
-
-/// The Python packages asked for, with JupyterLab when `config.jupyter` needs it.
-fn python_packages(g: &Graph) -> Vec<String> {
-    let mut pkgs = g.python_packages.clone();
-    if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
-        pkgs.push("jupyterlab".into());
-    }
-    pkgs
-}
-
-/// `config.pip_index` as pip's and uv's variables.
-fn pip_index_env(g: &Graph) -> Vec<String> {
-    let Some(ix) = &g.config.pip_index else {
-        return Vec::new();
-    };
-    let mut env = vec![
-        format!("PIP_INDEX_URL={}", ix.url),
-        format!("UV_INDEX_URL={}", ix.url),
-    ];
-    if let Some(extra) = &ix.extra_url {
-        env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
-        env.push(format!("UV_EXTRA_INDEX_URL={extra}"));
-    }
-    if ix.trust {
-        if let Some(host) = ix.url.split("://").nth(1).and_then(|r| r.split('/').next()) {
-            env.push(format!("PIP_TRUSTED_HOST={host}"));
-        }
-    }
-    env
-}
-
-/// The Python step's script: check the version, create the venv, install, hand it to the user.
-fn python_script(g: &Graph, prefix: &str, uv: bool, conda: bool, packages: &[String]) -> String {
-    let installer = if uv {
-        format!("{prefix}/bin/uv pip install --python {prefix}/bin/python --cache-dir {PIP_CACHE}")
-    } else {
-        format!("{prefix}/bin/pip install --cache-dir {PIP_CACHE}")
-    };
-    let in_image = |p: &String| quote(&build_context::BuildContext::path_in_image(p));
-    let mut installs = Vec::new();
-    if !packages.is_empty() {
-        let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
-        installs.push(format!("{installer} {}", quoted.join(" ")));
-    }
-    for r in &g.python_requirements {
-        installs.push(format!("{installer} -r {}", in_image(r)));
-    }
-    if !g.python_local_wheels.is_empty() {
-        let wheels: Vec<String> = g.python_local_wheels.iter().map(in_image).collect();
-        installs.push(format!("{installer} {}", wheels.join(" ")));
-    }
-    let check = match (python_version(g), conda) {
-        (Some(v), false) => format!(
-            "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); case \"$have\" in {v}|{v}.*) ;; *) echo \"note: Python {v} was asked; the base image has Python $have, which is used\" >&2 ;; esac; "
-        ),
-        _ => String::new(),
-    };
-    let create = if conda {
-        String::new()
-    } else if uv {
-        format!("python3 -m venv {prefix} && {prefix}/bin/pip install --cache-dir {PIP_CACHE} uv; ")
-    } else {
-        format!("python3 -m venv {prefix}; ")
-    };
-    let install = installs.join(" && ");
-    format!(
-        "set -e; {check}{create}{install}{}chown -R {}:{} {prefix} && chmod -R g+w {prefix}",
-        if install.is_empty() { "" } else { "; " },
-        USER_IDS.0,
-        USER_IDS.1
-    )
 }
 
 /// The shell's rc files in the user's home, with the environment's PATH, variables and Python.

@@ -14,7 +14,7 @@ use starlark::values::Value;
 use super::Recorder;
 use crate::graph::{
     CondaPackages, Cuda, Download, Expose, FileCopy, GitConfig, Jupyter, Language, Mount, PipIndex,
-    RunStep, VsCodeServer,
+    PythonInstaller, RunStep, VsCodeServer,
 };
 
 fn recorder<'a>(eval: &'a Evaluator) -> anyhow::Result<&'a Recorder> {
@@ -110,17 +110,29 @@ pub fn install(builder: &mut GlobalsBuilder) {
 /// `install.*` languages and toolchains.
 #[starlark_module]
 fn install_languages(builder: &mut GlobalsBuilder) {
-    /// Python `version` (default 3.11) as the environment's interpreter, with pip.
+    /// Python `version` (default 3.11) as the environment's interpreter, in a venv with pip.
+    /// `installer` installs `install.python_packages` at build time: "uv" (default: `uv pip
+    /// install`, pip's requirements in a fraction of its time) or "pip" (as envd does).
     fn python(
         #[starlark(default = "3.11")] version: &str,
+        #[starlark(default = "uv")] installer: &str,
         eval: &mut Evaluator,
     ) -> anyhow::Result<NoneType> {
         if version.starts_with('2') {
             anyhow::bail!("install.python(version={version:?}): Python 2 is not supported");
         }
-        recorder(eval)?.add_language(Language::Python {
+        let installer = match installer {
+            "uv" => PythonInstaller::Uv,
+            "pip" => PythonInstaller::Pip,
+            other => anyhow::bail!(
+                "install.python(installer={other:?}): the installer is \"uv\" or \"pip\""
+            ),
+        };
+        let recorder = recorder(eval)?;
+        recorder.add_language(Language::Python {
             version: version.to_string(),
         });
+        recorder.graph.borrow_mut().python_installer = installer;
         Ok(NoneType)
     }
 
