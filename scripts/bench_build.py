@@ -15,7 +15,7 @@ envd-rs installs the Python packages with uv (its default); a third side is envd
 
 Rows, each side in turn, the order rotating every round:
   - cold: the builder's whole cache pruned first (layers and cache mounts);
-  - one more package: the requirements file gains `idna` (warm);
+  - one more package: the requirements file gains `tqdm` (warm; not a dependency of the others);
   - unchanged, rebuilt: the same build again (`--force` for envd-rs: BuildKit solves it);
   - unchanged, envd-rs's own check: `envd build` without `--force` (the image's label says it is
     current; the Dockerfile has no such check, so the peer column repeats its rebuild);
@@ -34,6 +34,8 @@ import time
 
 APT = ["jq"]
 PIP = ["numpy", "six", "requests"]
+# The one more package: not a dependency of the others, so it is installed, not found present.
+MORE = "tqdm"
 
 
 def build_envd(python):
@@ -95,6 +97,8 @@ def main():
     ap.add_argument("--bin", help="directory of buildctl (buildkitd)")
     ap.add_argument("--address", help="buildkitd's address (buildkitd)")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--linear", action="store_true",
+                    help="a fourth side: envd-rs with ENVD_MERGE=off (one chain where MergeOp exists)")
     ap.add_argument("--out")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-build-")
@@ -103,6 +107,8 @@ def main():
         "Dockerfile": project(work, "benchfile", "install.python()"),
         "envd-rs, pip": project(work, "benchpipinst", 'install.python(installer="pip")'),
     }
+    if a.linear:
+        projects["envd-rs, one chain"] = project(work, "benchchain", "install.python()")
     tags = {k: f"bench/{k.replace(', ', '-').replace('envd-rs', 'envd').lower()}:build" for k in projects}
 
     if a.builder == "buildkitd":
@@ -135,19 +141,22 @@ def main():
         path, tag = projects[side], tags[side]
         if side == "Dockerfile":
             return dockerfile(path, tag, cold)
-        return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder)
+        env = {**os.environ, "ENVD_MERGE": "off"} if side == "envd-rs, one chain" else None
+        return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder,
+                     env=env)
 
     rows = ["cold", "one more package", "unchanged, rebuilt", "unchanged, envd's check"]
     times = {r: {s: [] for s in projects} for r in rows}
     for i in range(a.runs):
-        order = list(projects)[i % 3:] + list(projects)[:i % 3]
+        n = len(projects)
+        order = list(projects)[i % n:] + list(projects)[:i % n]
         for side in order:
             with open(os.path.join(projects[side], "requirements.txt"), "w") as f:
                 f.write("\n".join(PIP) + "\n")
             prune()
             times["cold"][side].append(build(side, cold=True))
             with open(os.path.join(projects[side], "requirements.txt"), "a") as f:
-                f.write("idna\n")
+                f.write(f"{MORE}\n")
             times["one more package"][side].append(build(side))
             times["unchanged, rebuilt"][side].append(build(side))
             times["unchanged, envd's check"][side].append(build(side, force=False))
@@ -159,14 +168,23 @@ def main():
         f"{where}: debian:bookworm + apt {', '.join(APT)} + Node.js + pip {', '.join(PIP)}; "
         f"{a.runs} rounds (min / median / max), cold = the builder's cache pruned first.",
         "",
-        "| build | envd-rs (uv) | Dockerfile | envd-rs / Dockerfile | envd-rs with pip | uv / pip |",
-        "|---|---|---|---|---|---|",
+        "| build | envd-rs (uv) | Dockerfile | envd-rs / Dockerfile | envd-rs with pip | uv / pip |"
+        + (" envd-rs, one chain | one chain / MergeOp |" if a.linear else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if a.linear else ""),
     ]
     for r in rows:
-        e, d, p = (times[r][s] for s in projects)
-        lines.append(f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(p)} | {med(e) / med(p):.2f}x |")
-    e, d, p = (sizes[s] for s in projects)
-    lines.append(f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {p:.0f} MB | {e / p:.2f}x |")
+        e, d, p = (times[r][s] for s in list(projects)[:3])
+        line = f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(p)} | {med(e) / med(p):.2f}x |"
+        if a.linear:
+            c = times[r]["envd-rs, one chain"]
+            line += f" {fmt(c)} | {med(c) / med(e):.2f}x |"
+        lines.append(line)
+    e, d, p = (sizes[s] for s in list(projects)[:3])
+    line = f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {p:.0f} MB | {e / p:.2f}x |"
+    if a.linear:
+        c = sizes["envd-rs, one chain"]
+        line += f" {c:.0f} MB | {c / e:.2f}x |"
+    lines.append(line)
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -107,11 +107,17 @@ fn dev_image_with_apt_and_pip_packages_builds_and_runs() {
 #[test]
 fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     require_docker();
-    let root = project("e2ecache", PROGRAM);
+    // Steps of its own (one more apt package than the other tests' program): BuildKit runs a
+    // step again when a build asks for it while another build that shares it is still going
+    // (seen on BuildKit 0.8 and 0.13, docs/builder.md), which is not what this test is about.
+    let program = PROGRAM.replace("[\"jq\"]", "[\"jq\", \"tree\"]");
+    let root = project("e2ecache", &program);
     let dir = root.path().join("e2ecache");
     let path = dir.to_str().unwrap();
     let tag = "envd-e2e/cache:test";
-    let out = envd(&["build", "--path", path, "-t", tag]);
+    // --force: an image left by an earlier run would make this build a no-op, and the cache it
+    // should fill could have been pruned since.
+    let out = envd(&["build", "--path", path, "-t", tag, "--force"]);
     assert!(out.status.success(), "{}", output_text(&out));
     // `envd debug llb` plans exactly as the build did: the program hash it prints is the one
     // the image is labelled with.
@@ -132,7 +138,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     // Comments and blank lines do not count.
     std::fs::write(
         dir.join("build.envd"),
-        format!("{PROGRAM}\n\n# a comment\n"),
+        format!("{program}\n\n# a comment\n"),
     )
     .unwrap();
     let t = Instant::now();
@@ -157,14 +163,15 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         .as_nanos();
     std::fs::write(
         dir.join("build.envd"),
-        PROGRAM.replace("[\"six\"]", &format!("[\"six\", \"idna!=0.0.{nonce}\"]")),
+        program.replace("[\"six\"]", &format!("[\"six\", \"idna!=0.0.{nonce}\"]")),
     )
     .unwrap();
     let out = envd(&["build", "--path", path, "-t", tag]);
     let log = output_text(&out);
     assert!(out.status.success(), "{log}");
+    // Cached, not only "not started here": a step another build runs shows as done, not run.
     assert!(
-        !log.contains("[run]    apt-get install"),
+        log.contains("[cached] apt-get install") && !log.contains("[run]    apt-get install"),
         "apt ran again:\n{log}"
     );
     assert!(

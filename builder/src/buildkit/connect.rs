@@ -122,8 +122,12 @@ pub async fn connect(builder: &Builder) -> anyhow::Result<Channel> {
 /// BuildKit has from 0.11 on. Docker's embedded BuildKit may not know its version (Debian's
 /// Engine 26 says `v0.0.0+unknown`): then the engine's version tells, as Docker 23 was the first
 /// to embed BuildKit 0.11. A builder that cannot say (older, or unreachable: the build will name
-/// the problem) gets the linear chain every BuildKit runs.
+/// the problem) gets the linear chain every BuildKit runs. `ENVD_MERGE=off` asks for the linear
+/// chain on any builder (to compare the two, or to step around a BuildKit whose merges misbehave).
 pub async fn has_merge_op(builder: &Builder) -> bool {
+    if std::env::var("ENVD_MERGE").is_ok_and(|v| v == "off") {
+        return false;
+    }
     match buildkit_version(builder).await {
         Some(version) if version != (0, 0) => version >= (0, 10),
         _ if matches!(builder, Builder::Moby(_)) => engine_major().await.is_some_and(|m| m >= 23),

@@ -469,6 +469,8 @@ mod tests {
             "source docker-image://docker.io/library/debian:bookworm",
             "caches[/var/cache/apt=envd-apt-archives, /var/lib/apt/lists=envd-apt-lists]",
             "caches[/var/cache/envd-pip=envd-pip]",
+            // Slim only for the build's own packages: the dpkg setting goes when the step ends.
+            "trap 'rm -f /etc/dpkg/dpkg.cfg.d/00envd-build-slim' EXIT",
             "copy /envd-init -> /usr/local/bin/envd-init",
             "mkfile /etc/envd/services/sshd.toml",
             "mkfile /etc/envd/services/jupyter.toml",

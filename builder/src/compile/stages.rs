@@ -16,6 +16,20 @@ use crate::contract::{
 };
 use crate::graph::{Graph, Language};
 
+/// What dpkg leaves out of the packages the build installs, as Debian's `-slim` images do:
+/// documentation but the copyright files, manual and info pages (a dev image has no `man`),
+/// and message translations. Only for the build's own `apt-get install`: the file is removed
+/// when the step ends, so what the user installs later is complete.
+const SLIM_PATHS: [&str; 6] = [
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+];
+const SLIM_CONFIG: &str = "/etc/dpkg/dpkg.cfg.d/00envd-build-slim";
+
 /// apt's archives and lists, kept between builds.
 fn apt_caches() -> [CacheMount; 2] {
     [
@@ -210,8 +224,11 @@ impl<'g> Chain<'g> {
             return;
         }
         let quoted: Vec<String> = apt.iter().map(|p| quote(p)).collect();
+        let slim = SLIM_PATHS.join("\\n");
         let script = format!(
-            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io {}",
+            "set -e; rm -f /etc/apt/apt.conf.d/docker-clean; echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > /etc/apt/apt.conf.d/00envd-keep-cache; \
+             printf '{slim}\\n' > {SLIM_CONFIG}; trap 'rm -f {SLIM_CONFIG}' EXIT; \
+             apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io {}",
             quoted.join(" ")
         );
         let name = format!("apt-get install {}", apt.join(" "));
