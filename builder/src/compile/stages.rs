@@ -283,10 +283,19 @@ impl<'g> Chain<'g> {
     pub fn python(&mut self) {
         let Some(prefix) = self.python else { return };
         let installer = python::Installer::of(self.g, self.conda);
+        let cache = [CacheMount {
+            dest: python::PIP_CACHE.into(),
+            id: "envd-pip".into(),
+        }];
         if let Some(script) = python::venv_script(self.g, prefix, self.conda, installer) {
             let env = self.step_env(false);
             let name = python::venv_label(prefix);
-            self.state = (self.llb).run(&self.state, sh(&script), env, "", &[], &name);
+            // `install.uv()` pip-installs uv here: its download stays in the cache, not the image.
+            let caches: &[CacheMount] = match installer {
+                python::Installer::UvInEnvironment => &cache,
+                _ => &[],
+            };
+            self.state = (self.llb).run(&self.state, sh(&script), env, "", caches, &name);
         }
         let Some((script, name)) = python::install_step(self.g, prefix, installer) else {
             return;
@@ -312,10 +321,6 @@ impl<'g> Chain<'g> {
                 dest: python::UV_WHEEL_MOUNT.into(),
             });
         }
-        let cache = [CacheMount {
-            dest: python::PIP_CACHE.into(),
-            id: "envd-pip".into(),
-        }];
         self.state =
             (self.llb).run_with_binds(&self.state, sh(&script), env, "", &cache, &binds, &name);
     }
