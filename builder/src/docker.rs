@@ -430,17 +430,9 @@ pub async fn get_json(path: &str) -> anyhow::Result<serde_json::Value> {
 /// Tags the local image `image` as `reference` (`HOST/REPO:TAG`) and pushes it; the engine's
 /// error (an unreachable or refusing registry) is said with the registry's address.
 pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Result<()> {
-    use bollard::query_parameters::{PushImageOptions, TagImageOptions};
-    let (repo, tag) = reference
-        .rsplit_once(':')
-        .filter(|(_, t)| !t.contains('/'))
-        .with_context(|| format!("{reference}: expected REPOSITORY:TAG"))?;
-    let tag_options = TagImageOptions {
-        repo: Some(repo.to_string()),
-        tag: Some(tag.to_string()),
-    };
-    (docker.tag_image(image, Some(tag_options)).await)
-        .with_context(|| format!("cannot tag {image} as {reference}"))?;
+    use bollard::query_parameters::PushImageOptions;
+    tag(docker, image, reference).await?;
+    let (repo, tag) = reference.rsplit_once(':').expect("checked by tag()");
     let options = PushImageOptions {
         tag: Some(tag.to_string()),
         ..Default::default()
@@ -453,6 +445,41 @@ pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// Pulls `reference` (`HOST/REPO:TAG`) into the engine; returns how many of its layers were
+/// downloaded (the others the engine had). The engine's error is said with the reference.
+pub async fn pull(docker: &Docker, reference: &str) -> anyhow::Result<usize> {
+    use bollard::query_parameters::CreateImageOptions;
+    let options = CreateImageOptions {
+        from_image: Some(reference.to_string()),
+        ..Default::default()
+    };
+    let mut stream = docker.create_image(Some(options), None, None);
+    let mut downloaded = 0;
+    while let Some(msg) = stream.next().await {
+        let msg = msg.with_context(|| format!("cannot pull {reference}"))?;
+        if let Some(e) = msg.error_detail.and_then(|d| d.message) {
+            bail!("cannot pull {reference}: {e}");
+        }
+        downloaded += usize::from(msg.status.as_deref() == Some("Pull complete"));
+    }
+    Ok(downloaded)
+}
+
+/// Tags the local image `image` as `reference` (`REPOSITORY:TAG`).
+pub async fn tag(docker: &Docker, image: &str, reference: &str) -> anyhow::Result<()> {
+    use bollard::query_parameters::TagImageOptions;
+    let (repo, tag) = reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .with_context(|| format!("{reference}: expected REPOSITORY:TAG"))?;
+    let tag_options = TagImageOptions {
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    (docker.tag_image(image, Some(tag_options)).await)
+        .with_context(|| format!("cannot tag {image} as {reference}"))
 }
 
 /// Removes one tag of an image (the image stays under its other names).

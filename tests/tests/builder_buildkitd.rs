@@ -188,7 +188,66 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
     );
     // Nothing changed: the same image, every step from the cache.
     let text = envd_ok(&["build", "--path", path, "-t", tag, "--force"]);
-    assert!(!text.contains("[run]    pip"), "{text}");
+    assert!(!text.contains("[run]    uv pip"), "{text}");
+    let _ = docker(&["rmi", tag]);
+}
+
+/// The layers of `tag` in the engine.
+fn layer_count(tag: &str) -> usize {
+    let o = docker(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", tag]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn through_a_registry_only_the_changed_layers_reach_the_engine() {
+    let registry = &buildkitd().1;
+    let root = project("bkreg", "1.16.0");
+    let dir = root.path().join("bkreg");
+    let path = dir.to_str().unwrap();
+    let tag = "envd-e2e/bkreg:test";
+    let via = format!("{registry}/envd/bkreg:test");
+    let text = envd_ok(&["build", "--path", path, "-t", tag, "--registry", registry]);
+    assert!(
+        text.contains(&format!("[done]   pulling {via} into the engine")),
+        "{text}"
+    );
+    let python = "/opt/envd/venv/bin/python -c 'import six; print(six.__version__)'";
+    assert_eq!(in_image(tag, python), "1.16.0");
+    // A comment unique to this run keeps BuildKit's cache from an earlier run out of it.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("six==1.15.0 # {nonce}\n"),
+    )
+    .unwrap();
+    let text = envd_ok(&["build", "--path", path, "-t", tag, "--registry", registry]);
+    assert_eq!(in_image(tag, python), "1.15.0");
+    // The packages' layer and the layers above it travel; the base, apt, user and venv do not.
+    let new: usize = text
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" new layers")?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of new layers:\n{text}"));
+    let all = layer_count(tag);
+    assert!(
+        (1..all - 3).contains(&new),
+        "{new} of {all} layers pulled:\n{text}"
+    );
+    // The registry's names (tag and digest) are gone: they would keep old builds alive.
+    let o = docker(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("reference={registry}/envd/bkreg"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "",
+        "left in the engine"
+    );
     let _ = docker(&["rmi", tag]);
 }
 

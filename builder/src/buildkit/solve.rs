@@ -55,12 +55,19 @@ pub enum Exporter {
     Image {
         /// Push to the registry the name points at.
         push: bool,
+        /// Layers as plain tar: for a registry on the way to an engine next to it (see
+        /// `Archive::uncompressed`).
+        uncompressed: bool,
     },
     /// An archive streamed to the client through the build's session (a standalone buildkitd):
     /// `docker load`-able, or an OCI layout.
     Archive {
         /// The OCI layout rather than Docker's.
         oci: bool,
+        /// Layers as plain tar: for an archive the engine loads at once, where gzip would cost
+        /// a core for the whole image and be undone straight away (measured in
+        /// docs/BENCHMARKS.md).
+        uncompressed: bool,
     },
 }
 
@@ -165,15 +172,21 @@ impl Build {
         let mut exporter_attrs = BTreeMap::from([("name".to_string(), export.tag.to_string())]);
         let exporter = match export.exporter {
             Exporter::Moby => "moby",
-            Exporter::Image { push } => {
-                if push {
-                    exporter_attrs.insert("push".to_string(), "true".to_string());
-                }
+            Exporter::Image { push, .. } if push => {
+                exporter_attrs.insert("push".to_string(), "true".to_string());
                 "image"
             }
-            Exporter::Archive { oci: false } => "docker",
-            Exporter::Archive { oci: true } => "oci",
+            Exporter::Image { .. } => "image",
+            Exporter::Archive { oci: true, .. } => "oci",
+            Exporter::Archive { oci: false, .. } => "docker",
         };
+        if let Exporter::Image { uncompressed, .. } | Exporter::Archive { uncompressed, .. } =
+            export.exporter
+        {
+            if uncompressed {
+                exporter_attrs.insert("compression".to_string(), "uncompressed".to_string());
+            }
+        }
         let request = control::SolveRequest {
             r#ref: build_id.clone(),
             exporter: exporter.into(),

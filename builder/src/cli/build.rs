@@ -39,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: None,
         output: args.output,
         builder: args.builder.resolve()?,
+        registry: args.builder.registry()?,
     };
     let outcome = super::tokio()?.block_on(build::build(&opts, build::progress_display()))?;
     if outcome.up_to_date {

@@ -29,7 +29,8 @@ pub enum Command {
         /// The namespace (default: the kubeconfig context's, else `default`).
         #[arg(long, requires = "registry")]
         namespace: Option<String>,
-        /// HOST[:PORT] of the registry images are pushed to and the nodes pull from.
+        /// HOST[:PORT] of the registry images are pushed to and the nodes pull from (kubernetes),
+        /// or that a unix/tcp builder's images reach the local engine through (docker).
         #[arg(long)]
         registry: Option<String>,
         /// The storage class of the environments' volume claims (default: the cluster's).
@@ -70,23 +71,31 @@ pub fn run(what: Command) -> anyhow::Result<ExitCode> {
             storage_class,
             use_it,
         } => {
-            let kubernetes = match (runner.as_str(), registry) {
-                ("kubernetes", Some(registry)) => Some(KubeTarget {
-                    kubeconfig: kubeconfig.map(std::path::absolute).transpose()?,
-                    namespace,
-                    registry,
-                    storage_class,
-                }),
+            let kube_only = kubeconfig.is_some() || namespace.is_some() || storage_class.is_some();
+            let (kubernetes, registry) = match (runner.as_str(), registry) {
+                ("kubernetes", Some(registry)) => {
+                    let target = KubeTarget {
+                        kubeconfig: kubeconfig.map(std::path::absolute).transpose()?,
+                        namespace,
+                        registry,
+                        storage_class,
+                    };
+                    (Some(target), None)
+                }
                 ("kubernetes", None) => anyhow::bail!(
                     "--runner kubernetes needs --registry HOST[:PORT]: the cluster's nodes pull the environment's image from there"
                 ),
-                (_, Some(_)) => anyhow::bail!("--registry, --kubeconfig, --namespace and --storage-class are for --runner kubernetes"),
-                _ => None,
+                _ if kube_only => anyhow::bail!("--kubeconfig, --namespace and --storage-class are for --runner kubernetes"),
+                (_, Some(_)) if builder == "moby-worker" => anyhow::bail!(
+                    "--registry is for a unix or tcp builder: Docker's own BuildKit (moby-worker) writes images into the engine directly"
+                ),
+                (_, registry) => (None, registry),
             };
             let context = BuilderContext {
                 name: name.clone(),
                 builder,
                 builder_address: builder_address.unwrap_or_default(),
+                registry,
                 kubernetes,
             };
             all.create(context, use_it)?;
@@ -134,7 +143,10 @@ fn print_table(all: &Contexts) {
                 k.namespace.as_deref().unwrap_or("from the kubeconfig"),
                 k.registry
             ),
-            None => "docker".to_string(),
+            None => match &c.registry {
+                Some(r) => format!("docker (images through {r})"),
+                None => "docker".to_string(),
+            },
         };
         envd_builder::say!(
             "{mark:<2}{:<16} {:<12} {address:<40} {runner}",

@@ -150,6 +150,11 @@ pub struct BuilderArgs {
     /// unix:///path/to/buildkitd.sock or tcp://host:port (for --builder unix|tcp).
     #[arg(long, requires = "builder")]
     builder_address: Option<String>,
+    /// HOST[:PORT] of a registry the image goes through from a unix/tcp builder to the engine:
+    /// pushed, then pulled, so only changed layers travel (default: the current context's; none:
+    /// the image is streamed whole and loaded).
+    #[arg(long)]
+    registry: Option<String>,
 }
 
 impl BuilderArgs {
@@ -161,6 +166,18 @@ impl BuilderArgs {
                 .current()
                 .to_builder(),
         }
+    }
+
+    /// The registry asked for, else the current context's when no builder was asked for.
+    pub fn registry(&self) -> anyhow::Result<Option<String>> {
+        Ok(match (&self.registry, &self.builder) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(_)) => None,
+            (None, None) => envd_builder::builders::Contexts::load()?
+                .current()
+                .registry
+                .clone(),
+        })
     }
 }
 

@@ -96,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             name: None,
             output: Default::default(),
             builder: args.builder.resolve()?,
+            registry: args.builder.registry()?,
         },
         volumes,
         timeout: args.timeout,
