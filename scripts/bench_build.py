@@ -5,7 +5,8 @@ The environment: debian:bookworm, apt `jq` and Node.js (a toolchain, Debian's), 
 a requirements file. The peer is a Dockerfile with the same apt packages, user and venv (the
 host's CA given to pip, as envd-rs does), built
   - on a standalone buildkitd (`--builder buildkitd`): `buildctl build --frontend dockerfile.v0
-    --output type=docker | docker load`, envd-rs with `--builder unix`;
+    --output type=docker | docker load`, envd-rs with `--builder unix` and, with `--registry`,
+    the image pushed to that registry and pulled (`--loaded`: a side streaming it whole);
   - on the Docker engine (`--builder moby`, the engine DOCKER_HOST names): `docker build` as
     Debian's docker CLI runs it (the classic builder: BuildKit needs the buildx plugin, which
     Debian 12 does not package), `--no-cache` for the cold rows; envd-rs with the engine's
@@ -150,6 +151,9 @@ def main():
                     help="a fourth side: envd-rs with ENVD_MERGE=off (one chain where MergeOp exists)")
     ap.add_argument("--example", choices=list(EXAMPLES), default="heavy")
     ap.add_argument("--pip", action="store_true", help="a side with envd-rs installing through pip")
+    ap.add_argument("--registry", help="buildkitd: envd-rs's images reach the engine through this registry")
+    ap.add_argument("--loaded", action="store_true",
+                    help="buildkitd: a side with envd-rs's image streamed whole and loaded (no registry)")
     ap.add_argument("--out")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-build-")
@@ -159,6 +163,8 @@ def main():
         sides["envd-rs, pip"] = 'install.python(installer="pip")'
     if a.linear:
         sides["envd-rs, one chain"] = "install.python()"
+    if a.loaded:
+        sides["envd-rs, loaded"] = "install.python()"
     # The project directory's name is the environment's: one per example and side.
     projects = {
         side: project(work, f"{a.example}{i}", python, a.example, pip)
@@ -197,8 +203,9 @@ def main():
         if side == "Dockerfile":
             return dockerfile(path, tag, cold)
         env = {**os.environ, "ENVD_MERGE": "off"} if side == "envd-rs, one chain" else None
-        return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder,
-                     env=env)
+        via = ["--registry", a.registry] if a.registry and side != "envd-rs, loaded" else []
+        return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder
+                     + via, env=env)
 
     rows = ["cold", "one more package", "unchanged, rebuilt", "unchanged, envd's check"]
     times = {r: {s: [] for s in projects} for r in rows}
@@ -218,8 +225,12 @@ def main():
 
     med = statistics.median
     fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f} s"
-    extra = [s for s in ("envd-rs, pip", "envd-rs, one chain") if s in projects]
-    heads = {"envd-rs, pip": " envd-rs with pip | uv / pip |", "envd-rs, one chain": " envd-rs, one chain | one chain / MergeOp |"}
+    extra = [s for s in ("envd-rs, pip", "envd-rs, one chain", "envd-rs, loaded") if s in projects]
+    heads = {"envd-rs, pip": " envd-rs with pip | uv / pip |",
+             "envd-rs, one chain": " envd-rs, one chain | one chain / MergeOp |",
+             "envd-rs, loaded": " envd-rs, loaded | loaded / registry |"}
+    if a.registry:
+        where += f" (envd-rs's image through the registry {a.registry})"
     lines = [
         f"{where}: debian:bookworm + {what}; "
         f"{a.runs} rounds (min / median / max), cold = the builder's cache pruned first.",
@@ -236,7 +247,7 @@ def main():
             val = lambda s: med(times[r][s])
         line = f"| {r} | {cell('envd-rs')} | {cell('Dockerfile')} | {val('envd-rs') / val('Dockerfile'):.2f}x |"
         for s in extra:
-            # uv / pip: envd-rs over its pip side; one chain / MergeOp: the chain over envd-rs.
+            # uv / pip: envd-rs over its pip side; the others: that side over envd-rs.
             ratio = val("envd-rs") / val(s) if s == "envd-rs, pip" else val(s) / val("envd-rs")
             line += f" {cell(s)} | {ratio:.2f}x |"
         lines.append(line)
