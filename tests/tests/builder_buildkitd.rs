@@ -176,7 +176,7 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
         "{text}"
     );
     assert!(
-        text.contains("[cached] copy /envd-init -> /usr/local/bin/envd-init"),
+        text.contains("[cached] envd's runtime: envd-init, envd-sshd"),
         "{text}"
     );
     assert_eq!(

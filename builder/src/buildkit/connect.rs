@@ -118,20 +118,24 @@ pub async fn connect(builder: &Builder) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
-/// Whether the builder has MergeOp (BuildKit >= 0.10). Asked through `Control.Info`, which
-/// BuildKit has from 0.11 on. Docker's embedded BuildKit may not know its version (Debian's
-/// Engine 26 says `v0.0.0+unknown`): then the engine's version tells, as Docker 23 was the first
-/// to embed BuildKit 0.11. A builder that cannot say (older, or unreachable: the build will name
-/// the problem) gets the linear chain every BuildKit runs. `ENVD_MERGE=off` asks for the linear
-/// chain on any builder (to compare the two, or to step around a BuildKit whose merges misbehave).
+/// Whether to build independent parts as merged layers: on a standalone buildkitd with MergeOp
+/// (BuildKit >= 0.10, asked through `Control.Info`, which BuildKit has from 0.11 on). Not on
+/// Docker's embedded BuildKit, even where it has MergeOp: on Engine 26 (overlay2 graph driver)
+/// the merged build was 1.4x slower cold and 11x slower for one more Python package than the
+/// linear chain (docs/BENCHMARKS.md). A builder that cannot say (older, or unreachable: the
+/// build will name the problem) gets the linear chain every BuildKit runs. `ENVD_MERGE=off`
+/// asks for the linear chain on any builder, `ENVD_MERGE=on` for merged layers on Docker's
+/// BuildKit too (Docker 23+, the first to embed BuildKit 0.11; Debian's Engine 26 says its
+/// BuildKit is `v0.0.0+unknown`, so the engine's version tells).
 pub async fn has_merge_op(builder: &Builder) -> bool {
-    if std::env::var("ENVD_MERGE").is_ok_and(|v| v == "off") {
-        return false;
-    }
-    match buildkit_version(builder).await {
-        Some(version) if version != (0, 0) => version >= (0, 10),
-        _ if matches!(builder, Builder::Moby(_)) => engine_major().await.is_some_and(|m| m >= 23),
-        _ => false,
+    let asked = std::env::var("ENVD_MERGE").ok();
+    match (asked.as_deref(), builder) {
+        (Some("off"), _) => false,
+        (Some("on"), Builder::Moby(_)) => engine_major().await.is_some_and(|m| m >= 23),
+        (_, Builder::Moby(_)) => false,
+        _ => buildkit_version(builder)
+            .await
+            .is_some_and(|v| v != (0, 0) && v >= (0, 10)),
     }
 }
 

@@ -45,16 +45,6 @@ impl State {
         self.digest.is_empty()
     }
 
-    /// A file op's inputs and its first action's input for building on this state: scratch
-    /// has no op input (the action reads -1).
-    fn file_base(&self) -> (Vec<pb::Input>, i64) {
-        if self.is_scratch() {
-            (Vec::new(), -1)
-        } else {
-            (vec![self.input()], 0)
-        }
-    }
-
     fn input(&self) -> pb::Input {
         pb::Input {
             digest: self.digest.clone(),
@@ -67,6 +57,9 @@ impl State {
         &self.digest
     }
 }
+
+mod files;
+pub use files::Files;
 
 /// A directory for [`Llb::mkdirs`]: path, mode, owner (uid, gid).
 pub type DirSpec<'a> = (&'a str, i32, Option<(u32, u32)>);
@@ -285,83 +278,20 @@ impl Llb {
         mode: i32,
         owner: Option<(u32, u32)>,
     ) -> State {
-        let chown = chown(owner);
-        let (inputs, base) = root.file_base();
-        let parent = std::path::Path::new(path)
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into());
-        let actions = vec![
-            pb::FileAction {
-                input: base,
-                secondary_input: -1,
-                output: -1,
-                action: Some(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
-                    path: parent,
-                    mode: 0o755,
-                    make_parents: true,
-                    owner: chown.clone(),
-                    timestamp: -1,
-                })),
-            },
-            pb::FileAction {
-                // The action above: actions are numbered after the op's inputs.
-                input: inputs.len() as i64,
-                secondary_input: -1,
-                output: 0,
-                action: Some(pb::file_action::Action::Mkfile(pb::FileActionMkFile {
-                    path: path.into(),
-                    mode,
-                    data: data.to_vec(),
-                    owner: chown,
-                    timestamp: -1,
-                })),
-            },
-        ];
-        self.add(
-            pb::Op {
-                inputs,
-                op: Some(pb::op::Op::File(pb::FileOp { actions })),
-                platform: platform(),
-            },
-            &format!("write {path}"),
-        )
+        let mut files = self.files(root);
+        files.mkfile(path, data, mode, owner);
+        files.finish(&format!("write {path}"))
     }
 
     /// Creates directories in order, each with its mode and owner (parents must come first):
     /// layers built on scratch give their directories the metadata the image expects.
     pub fn mkdirs(&mut self, root: &State, dirs: &[DirSpec]) -> State {
-        let (inputs, base) = root.file_base();
-        let actions = dirs
-            .iter()
-            .enumerate()
-            .map(|(i, (path, mode, owner))| pb::FileAction {
-                // Each action builds on the one before it (numbered after the op's inputs).
-                input: if i == 0 {
-                    base
-                } else {
-                    (inputs.len() + i - 1) as i64
-                },
-                secondary_input: -1,
-                output: if i + 1 == dirs.len() { 0 } else { -1 },
-                action: Some(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
-                    path: path.to_string(),
-                    mode: *mode,
-                    make_parents: false,
-                    owner: chown(*owner),
-                    timestamp: -1,
-                })),
-            })
-            .collect();
+        let mut files = self.files(root);
+        for dir in dirs {
+            files.mkdir(*dir, false);
+        }
         let names: Vec<&str> = dirs.iter().map(|d| d.0).collect();
-        self.add(
-            pb::Op {
-                inputs,
-                op: Some(pb::op::Op::File(pb::FileOp { actions })),
-                platform: platform(),
-            },
-            &format!("mkdir {}", names.join(" ")),
-        )
+        files.finish(&format!("mkdir {}", names.join(" ")))
     }
 
     /// The files of `layers` on top of each other, later ones winning (BuildKit >= 0.10's
@@ -393,34 +323,9 @@ impl Llb {
         mode: Option<i32>,
         owner: Option<(u32, u32)>,
     ) -> State {
-        let (mut inputs, base) = root.file_base();
-        let secondary_input = inputs.len() as i64;
-        inputs.push(from.input());
-        self.add(
-            pb::Op {
-                inputs,
-                op: Some(pb::op::Op::File(pb::FileOp {
-                    actions: vec![pb::FileAction {
-                        input: base,
-                        secondary_input,
-                        output: 0,
-                        action: Some(pb::file_action::Action::Copy(pb::FileActionCopy {
-                            src: src.into(),
-                            dest: dest.into(),
-                            owner: chown(owner),
-                            mode: mode.unwrap_or(-1),
-                            follow_symlink: true,
-                            dir_copy_contents: false,
-                            create_dest_path: true,
-                            allow_wildcard: false,
-                            timestamp: -1,
-                        })),
-                    }],
-                })),
-                platform: platform(),
-            },
-            &format!("copy {src} -> {dest}"),
-        )
+        let mut files = self.files(root);
+        files.copy(from, src, dest, mode, owner);
+        files.finish(&format!("copy {src} -> {dest}"))
     }
 
     /// A file downloaded over HTTP(S) by BuildKit, checked against `checksum` (an OCI digest)

@@ -223,15 +223,17 @@ fn downloads_dir(g: &Graph) -> String {
 }
 
 /// Compiles the graph. The order of the stages is BuildKit's cache order on a linear chain:
-/// what changes least comes first, so a change re-runs only the stages after it.
+/// what changes least comes first, so a change re-runs only the stages after it. The Python
+/// packages, what a data scientist changes most, come after the other toolchains: adding one
+/// never installs Rust or Julia again.
 pub fn compile(g: &Graph, ctx: &Inputs) -> anyhow::Result<Compiled> {
     check_supported(g)?;
     let mut chain = stages::Chain::new(g, ctx)?;
     chain.system_packages();
     chain.user_and_editor_server();
+    chain.toolchains();
     chain.conda();
     chain.python();
-    chain.toolchains();
     chain.downloads();
     chain.copies()?;
     chain.dev_runtime(ctx)?;
@@ -361,6 +363,34 @@ mod tests {
     ) -> bool {
         let op = &ops[digest];
         pred(op) || op.inputs.iter().any(|i| reaches(ops, &i.digest, pred))
+    }
+
+    #[test]
+    fn the_python_packages_come_after_the_other_toolchains() {
+        let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"six\"])\n    install.rust()\n    install.julia()\n");
+        let c = compile(&g, &ctx()).unwrap();
+        let ops = ops_by_digest(&c.definition);
+        let text = |op: &pb::Op| format!("{op:?}");
+        let step = |needle: &'static str| {
+            let found: Vec<&String> = (ops.iter())
+                .filter(|(_, op)| {
+                    matches!(op.op, Some(pb::op::Op::Exec(_))) && text(op).contains(needle)
+                })
+                .map(|(d, _)| d)
+                .collect();
+            assert_eq!(found.len(), 1, "{needle}");
+            found[0].clone()
+        };
+        let pip = step("uv pip install");
+        for toolchain in ["sh.rustup.rs", "julia-"] {
+            let is_it = |op: &pb::Op| text(op).contains(toolchain);
+            assert!(
+                reaches(&ops, &pip, &is_it),
+                "the Python packages do not build on {toolchain}"
+            );
+            assert!(!reaches(&ops, &step(toolchain), &|op: &pb::Op| text(op)
+                .contains("uv pip install")));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{
     toolchains, vscode, Compiled, Inputs, DEV_APT_PACKAGES, VENV,
 };
 use crate::build_context;
-use crate::buildkit::llb::{Bind, CacheMount, DirSpec, Llb, State};
+use crate::buildkit::llb::{Bind, CacheMount, DirSpec, Files, Llb, State};
 use crate::client_files::HOST_CA_FILE;
 use crate::contract::{
     CACHE_DIR, HOME, HOST_CA, HOST_CA_VARIABLES, RUNTIME_DIRS, SERVICES_DIR, USER, USER_IDS,
@@ -131,6 +131,29 @@ impl<'g> Chain<'g> {
             self.layers.push(layer);
         } else {
             self.state = build(&mut self.llb, self.state.clone());
+        }
+    }
+
+    /// A part made of file actions only: one op, so one layer (with MergeOp on scratch after
+    /// `dirs`, else on the chain).
+    fn file_part(&mut self, dirs: &[Dir], name: &str, fill: impl FnOnce(&mut Files)) {
+        let root = if self.merge {
+            State::scratch()
+        } else {
+            self.state.clone()
+        };
+        let mut files = self.llb.files(&root);
+        if self.merge {
+            for dir in dirs {
+                files.mkdir(*dir, false);
+            }
+        }
+        fill(&mut files);
+        let result = files.finish(name);
+        if self.merge {
+            self.layers.push(result);
+        } else {
+            self.state = result;
         }
     }
 
@@ -421,18 +444,22 @@ impl<'g> Chain<'g> {
         .into_iter()
         .chain(HOME_DIRS)
         .collect();
-        self.part(&dirs, |llb, mut on| {
+        let name = format!(
+            "envd's runtime: envd-init, envd-sshd, {} service and {} home files",
+            services.len(),
+            home_files.len()
+        );
+        self.file_part(&dirs, &name, |files| {
             for bin in ["envd-init", "envd-sshd"] {
                 let (from, to) = (format!("/{bin}"), format!("/usr/local/bin/{bin}"));
-                on = llb.copy(&on, &rt, &from, &to, Some(0o755), None);
+                files.copy(&rt, &from, &to, Some(0o755), None);
             }
             for (path, text) in services {
-                on = llb.mkfile(&on, &path, text.as_bytes(), 0o644, None);
+                files.mkfile(&path, text.as_bytes(), 0o644, None);
             }
             for (path, text) in home_files {
-                on = llb.mkfile(&on, &path, text.as_bytes(), 0o644, Some(USER_IDS));
+                files.mkfile(&path, text.as_bytes(), 0o644, Some(USER_IDS));
             }
-            on
         });
         Ok(())
     }
