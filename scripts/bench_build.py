@@ -24,10 +24,11 @@ Rows, each side in turn, the order rotating every round:
 
 Two examples (`--example`): `heavy` (the above) and `quickstart` (examples/quickstart: numpy,
 JupyterLab and code-server; its Dockerfile builds code-server in a stage of its own as envd-rs
-does). `--pip` adds the pip side, `--linear` a side with envd-rs's one chain (ENVD_MERGE=off).
+does). `--pip` adds the pip side, `--merged` a side with merged layers on Docker's BuildKit
+(ENVD_MERGE=on; envd-rs builds one chain there by default).
 
 Usage: scripts/bench_build.py ENVD --builder buildkitd|moby [--bin DIR --address ADDR]
-       [--example heavy|quickstart] [--pip] [--linear] [--runs N] [--out FILE]
+       [--example heavy|quickstart] [--pip] [--merged] [--runs N] [--out FILE]
 """
 
 import argparse
@@ -147,8 +148,8 @@ def main():
     ap.add_argument("--bin", help="directory of buildctl (buildkitd)")
     ap.add_argument("--address", help="buildkitd's address (buildkitd)")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--linear", action="store_true",
-                    help="a fourth side: envd-rs with ENVD_MERGE=off (one chain where MergeOp exists)")
+    ap.add_argument("--merged", action="store_true",
+                    help="a side: envd-rs with ENVD_MERGE=on (merged layers on Docker's BuildKit, 23+)")
     ap.add_argument("--example", choices=list(EXAMPLES), default="heavy")
     ap.add_argument("--pip", action="store_true", help="a side with envd-rs installing through pip")
     ap.add_argument("--registry", help="buildkitd: envd-rs's images reach the engine through this registry")
@@ -161,8 +162,8 @@ def main():
     sides = {"envd-rs": "install.python()", "Dockerfile": "install.python()"}
     if a.pip:
         sides["envd-rs, pip"] = 'install.python(installer="pip")'
-    if a.linear:
-        sides["envd-rs, one chain"] = "install.python()"
+    if a.merged:
+        sides["envd-rs, merged"] = "install.python()"
     if a.loaded:
         sides["envd-rs, loaded"] = "install.python()"
     # The project directory's name is the environment's: one per example and side.
@@ -202,7 +203,7 @@ def main():
         path, tag = projects[side], tags[side]
         if side == "Dockerfile":
             return dockerfile(path, tag, cold)
-        env = {**os.environ, "ENVD_MERGE": "off"} if side == "envd-rs, one chain" else None
+        env = {**os.environ, "ENVD_MERGE": "on"} if side == "envd-rs, merged" else None
         via = ["--registry", a.registry] if a.registry and side != "envd-rs, loaded" else []
         return timed([a.envd, "build", "--path", path, "-t", tag] + (["--force"] if force else []) + envd_builder
                      + via, env=env)
@@ -225,9 +226,9 @@ def main():
 
     med = statistics.median
     fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f} s"
-    extra = [s for s in ("envd-rs, pip", "envd-rs, one chain", "envd-rs, loaded") if s in projects]
+    extra = [s for s in ("envd-rs, pip", "envd-rs, merged", "envd-rs, loaded") if s in projects]
     heads = {"envd-rs, pip": " envd-rs with pip | uv / pip |",
-             "envd-rs, one chain": " envd-rs, one chain | one chain / MergeOp |",
+             "envd-rs, merged": " envd-rs, merged (ENVD_MERGE=on) | merged / one chain |",
              "envd-rs, loaded": " envd-rs, loaded | loaded / registry |"}
     if a.registry:
         where += f" (envd-rs's image through the registry {a.registry})"
