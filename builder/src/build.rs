@@ -390,7 +390,8 @@ async fn solve_standalone(
 /// context's registry `host`.
 fn registry_reference(host: &str, tag: &str) -> String {
     let path = tag.rsplit_once('/').map_or(tag, |(_, last)| last);
-    format!("{host}/envd/{path}")
+    let tagged = if path.contains(':') { "" } else { ":latest" };
+    format!("{host}/envd/{path}{tagged}")
 }
 
 /// Pulls `reference` from the context's registry into the engine (only the layers it lacks
@@ -414,18 +415,7 @@ async fn into_engine(
             text: format!("{layers} new layers\n"),
         });
     }
-    docker::tag(&docker, reference, tag).await?;
-    // The pull names the image by digest too: that name would keep every earlier build alive.
-    let repo = reference
-        .rsplit_once(':')
-        .map_or(reference, |(repo, _)| repo);
-    let pulled = docker.inspect_image(reference).await?;
-    for by_digest in pulled.repo_digests.unwrap_or_default() {
-        if by_digest.starts_with(&format!("{repo}@")) {
-            docker::untag(&docker, &by_digest).await?;
-        }
-    }
-    docker::untag(&docker, reference).await?;
+    docker::rename(&docker, reference, tag).await?;
     progress(Progress::Completed {
         name: step,
         error: None,
@@ -622,5 +612,22 @@ mod tests {
     fn names_from_directories() {
         assert_eq!(env_name(Path::new("/tmp/My Project")), "my-project");
         assert_eq!(env_name(Path::new("/x/quickstart")), "quickstart");
+    }
+
+    #[test]
+    fn an_image_goes_through_the_registry_under_its_last_path_part_and_tag() {
+        let host = "127.0.0.1:5000";
+        assert_eq!(
+            registry_reference(host, "demo:dev"),
+            "127.0.0.1:5000/envd/demo:dev"
+        );
+        assert_eq!(
+            registry_reference(host, "registry.example:443/team/demo:v2"),
+            "127.0.0.1:5000/envd/demo:v2"
+        );
+        assert_eq!(
+            registry_reference(host, "demo"),
+            "127.0.0.1:5000/envd/demo:latest"
+        );
     }
 }

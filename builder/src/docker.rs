@@ -482,6 +482,26 @@ pub async fn tag(docker: &Docker, image: &str, reference: &str) -> anyhow::Resul
         .with_context(|| format!("cannot tag {image} as {reference}"))
 }
 
+/// Gives the image `reference` (`REPOSITORY:TAG`) the name `name` and removes the names it came
+/// with: its tag and, after a pull, its digest name (which would keep every earlier image of
+/// that repository alive).
+pub async fn rename(docker: &Docker, reference: &str, name: &str) -> anyhow::Result<()> {
+    let name = match name.rsplit_once(':') {
+        Some((_, tag)) if !tag.contains('/') => name.to_string(),
+        _ => format!("{name}:latest"),
+    };
+    tag(docker, reference, &name).await?;
+    let (repo, _) = reference.rsplit_once(':').expect("checked by tag()");
+    let image = (docker.inspect_image(reference).await)
+        .with_context(|| format!("cannot inspect {reference}"))?;
+    for by_digest in image.repo_digests.unwrap_or_default() {
+        if by_digest.starts_with(&format!("{repo}@")) {
+            untag(docker, &by_digest).await?;
+        }
+    }
+    untag(docker, reference).await
+}
+
 /// Removes one tag of an image (the image stays under its other names).
 pub async fn untag(docker: &Docker, reference: &str) -> anyhow::Result<()> {
     use bollard::query_parameters::RemoveImageOptions;
