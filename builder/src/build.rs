@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use sha2::{Digest, Sha256};
 
 use crate::buildkit::connect::{self, Builder};
@@ -245,7 +245,7 @@ fn exporter(opts: &Options) -> (solve::Exporter, Option<ArchiveTo>) {
             (push, None)
         }
         // Through the registry the context names, layers as plain tar: it is next to the engine.
-        (_, Output::Image { push: false, .. }) if opts.registry.is_some() => {
+        _ if registry_to_engine(opts).is_some() => {
             let push = Exporter::Image {
                 push: true,
                 uncompressed: true,
@@ -283,6 +283,11 @@ pub async fn build(
     mut progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    if let (Builder::Moby(_), Some(registry)) = (&opts.builder, &opts.registry) {
+        bail!(
+            "--registry {registry} is for a unix or tcp builder: Docker's own BuildKit (moby-worker) writes images into the engine directly"
+        );
+    }
     let features = BuilderFeatures {
         session: !matches!(opts.builder, Builder::Moby(_)),
         merge: connect::has_merge_op(&opts.builder).await,
@@ -352,11 +357,7 @@ async fn solve_standalone(
     progress: &mut (impl FnMut(Progress) + Send),
 ) -> anyhow::Result<(String, solve::Exporter)> {
     let (exporter, archive_to) = exporter(opts);
-    let via_registry = match exporter {
-        solve::Exporter::Image { uncompressed, .. } if uncompressed => opts.registry.as_deref(),
-        _ => None,
-    }
-    .map(|host| registry_reference(host, tag));
+    let via_registry = registry_to_engine(opts).map(|host| registry_reference(host, tag));
     let channel = connect::connect(&opts.builder).await?;
     let (archive, received) = match archive_to {
         Some(to) => {
@@ -384,6 +385,16 @@ async fn solve_standalone(
         None => {}
     }
     Ok(solved)
+}
+
+/// The registry a standalone buildkitd's image goes through to reach the engine: the one asked
+/// for, when the image is for the engine (not pushed elsewhere or written to a file).
+fn registry_to_engine(opts: &Options) -> Option<&str> {
+    let for_engine = matches!(
+        opts.output,
+        crate::output::Output::Image { push: false, .. }
+    );
+    opts.registry.as_deref().filter(|_| for_engine)
 }
 
 /// Where an image tagged `tag` (`NAME:TAG`, perhaps with a registry of its own) goes in the

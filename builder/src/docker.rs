@@ -491,7 +491,9 @@ pub async fn rename(docker: &Docker, reference: &str, name: &str) -> anyhow::Res
         _ => format!("{name}:latest"),
     };
     tag(docker, reference, &name).await?;
-    let (repo, _) = reference.rsplit_once(':').expect("checked by tag()");
+    let repo = reference
+        .rsplit_once(':')
+        .map_or(reference, |(repo, _)| repo);
     let image = (docker.inspect_image(reference).await)
         .with_context(|| format!("cannot inspect {reference}"))?;
     for by_digest in image.repo_digests.unwrap_or_default() {

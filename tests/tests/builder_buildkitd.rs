@@ -86,6 +86,14 @@ fn project(name: &str, six: &str) -> tempfile::TempDir {
     root
 }
 
+/// A number unique to this run, for a comment that keeps an earlier run's BuildKit cache out.
+fn nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
 fn in_image(tag: &str, script: &str) -> String {
     let o = docker(&["run", "--rm", "--entrypoint", "sh", tag, "-c", script]);
     assert!(o.status.success(), "{script}: {}", output_text(&o));
@@ -145,10 +153,7 @@ fn a_changed_requirements_file_of_the_same_size_reruns_pip_and_keeps_apt_cached(
     );
     // Same size, same name: buildkitd must not keep the earlier transfer's file.
     // A comment unique to this run keeps BuildKit's cache from an earlier run out of it.
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nonce = nonce();
     std::fs::write(
         dir.join("requirements.txt"),
         format!("six==1.16.0 # {nonce}\n"),
@@ -215,10 +220,7 @@ fn through_a_registry_only_the_changed_layers_reach_the_engine() {
     let python = "/opt/envd/venv/bin/python -c 'import six; print(six.__version__)'";
     assert_eq!(in_image(tag, python), "1.16.0");
     // A comment unique to this run keeps BuildKit's cache from an earlier run out of it.
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nonce = nonce();
     std::fs::write(
         dir.join("requirements.txt"),
         format!("six==1.15.0 # {nonce}\n"),

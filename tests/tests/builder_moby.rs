@@ -248,6 +248,25 @@ fn merged_layers_on_docker_buildkit_only_when_asked_and_only_from_engine_23() {
 }
 
 #[test]
+fn a_registry_with_docker_buildkit_is_refused_by_name() {
+    let root = project("e2ereg", PROGRAM);
+    let dir = root.path().join("e2ereg");
+    let out = envd(&[
+        "build",
+        "--path",
+        dir.to_str().unwrap(),
+        "--registry",
+        "127.0.0.1:5999",
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("--registry 127.0.0.1:5999 is for a unix or tcp builder"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_failing_step_reports_its_command_and_output() {
     require_docker();
     let root = project(
