@@ -69,10 +69,12 @@ RUN python3 -m venv /opt/envd/venv && PIP_CERT=/etc/host-ca.crt /opt/envd/venv/b
 
 
 def quickstart_envd(python, pip):
-    """examples/quickstart/build.envd, its packages named in the file as there."""
+    """examples/quickstart/build.envd as it is (JupyterLab comes with config.jupyter), with the
+    requirements' other packages (the one more) added to its list."""
     with open(os.path.join(os.path.dirname(__file__), "..", "examples", "quickstart", "build.envd")) as f:
         text = f.read()
-    return text.replace('install.python()', python).replace('name=["numpy"]', f"name={pip!r}".replace("'", '"'))
+    names = [p for p in pip if p != "jupyterlab"]
+    return text.replace('install.python()', python).replace('name=["numpy"]', f"name={names!r}".replace("'", '"'))
 
 
 # The quickstart by hand: code-server built as envd-rs builds it (Node 20 and npm 10 from the npm

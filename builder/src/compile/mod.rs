@@ -394,6 +394,46 @@ mod tests {
     }
 
     #[test]
+    fn jupyterlab_is_a_step_of_its_own_that_a_changed_package_list_keeps() {
+        let program = |pkgs: &str| {
+            format!("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[{pkgs}])\n    config.jupyter()\n")
+        };
+        let jupyter_step = |pkgs: &str| {
+            let c = compile(&graph(&program(pkgs)), &ctx()).unwrap();
+            let ops = ops_by_digest(&c.definition);
+            let installs: Vec<(String, String)> = (ops.iter())
+                .filter(|(_, op)| matches!(op.op, Some(pb::op::Op::Exec(_))))
+                .map(|(d, op)| (d.clone(), format!("{op:?}")))
+                .filter(|(_, text)| text.contains("/uv pip install"))
+                .collect();
+            assert_eq!(installs.len(), 2, "{installs:?}");
+            let (jupyter, user): (Vec<_>, Vec<_>) = (installs.into_iter())
+                .partition(|(_, text)| text.contains("--compile-bytecode jupyterlab"));
+            let (user_digest, user_text) = &user[0];
+            assert!(
+                user_text.contains("--compile-bytecode numpy"),
+                "{user_text}"
+            );
+            assert!(!user_text.contains("jupyterlab"), "{user_text}");
+            let is_jupyter =
+                |op: &pb::Op| format!("{op:?}").contains("--compile-bytecode jupyterlab");
+            assert!(
+                reaches(&ops, user_digest, &is_jupyter),
+                "the program's packages come after JupyterLab"
+            );
+            jupyter[0].0.clone()
+        };
+        assert_eq!(
+            jupyter_step("\"numpy\""),
+            jupyter_step("\"numpy\", \"tqdm\"")
+        );
+        // A program that lists JupyterLab itself installs it with its own packages.
+        let g = graph(&program("\"jupyterlab==4.2.5\", \"six\""));
+        let text = crate::buildkit::llb::describe(&compile(&g, &ctx()).unwrap().definition);
+        assert_eq!(text.matches("uv pip install").count(), 1, "{text}");
+    }
+
+    #[test]
     fn with_merge_op_the_runtime_and_downloads_are_layers_that_never_read_the_chain() {
         let g = graph("def build():\n    base(image=\"debian:bookworm\", dev=True)\n    install.python()\n    install.python_packages(name=[\"six\"])\n    io.http(url=\"https://example.invalid/a.txt\", checksum=\"sha256:0000000000000000000000000000000000000000000000000000000000000000\")\n    run([\"true\"])\n");
         let linear = compile(&g, &ctx()).unwrap();
@@ -638,7 +678,8 @@ mod tests {
             "Miniforge3-Linux-x86_64.sh",
             "/opt/conda/bin/mamba create -y -p /opt/conda/envs/envd python=3.10",
             "/opt/conda/bin/mamba install -y -p /opt/conda/envs/envd -c conda-forge numpy",
-            "/opt/conda/envs/envd/bin/pip install --cache-dir /var/cache/envd-pip six jupyterlab",
+            "/opt/conda/envs/envd/bin/pip install --cache-dir /var/cache/envd-pip jupyterlab",
+            "/opt/conda/envs/envd/bin/pip install --cache-dir /var/cache/envd-pip six",
             "https://go.dev/dl/go1.22.5.linux-amd64.tar.gz",
             "https://sh.rustup.rs",
             "npm install -g @openai/codex",

@@ -1,6 +1,8 @@
 //! The Python environment of an image: the venv, made by a step of its own so that a changed
-//! package list does not make it again (creating a venv with pip takes seconds), then one step
-//! that installs every package, requirements file and local wheel.
+//! package list does not make it again (creating a venv with pip takes seconds), JupyterLab in a
+//! step of its own when `config.jupyter` needs it (it is most of such a venv, and a change to
+//! the program's packages then leaves its layer alone), then one step that installs every
+//! package, requirements file and local wheel of the program.
 //!
 //! The installer is uv unless the program asks for pip (`install.python(installer="pip")`) or
 //! has conda: `uv pip install` takes pip's arguments and requirements files, and installs from
@@ -79,13 +81,13 @@ impl Installer {
     }
 }
 
-/// The Python packages asked for, with JupyterLab when `config.jupyter` needs it.
-pub(super) fn packages(g: &Graph) -> Vec<String> {
-    let mut pkgs = g.python_packages.clone();
-    if g.config.jupyter.is_some() && !pkgs.iter().any(|p| p.starts_with("jupyterlab")) {
-        pkgs.push("jupyterlab".into());
-    }
-    pkgs
+/// JupyterLab, when `config.jupyter` needs it and the program does not install it itself.
+pub(super) fn jupyter_package(g: &Graph) -> Option<&'static str> {
+    let listed = g
+        .python_packages
+        .iter()
+        .any(|p| p.starts_with("jupyterlab"));
+    (g.config.jupyter.is_some() && !listed).then_some("jupyterlab")
 }
 
 /// `config.pip_index` as pip's and uv's variables. uv would take a package from the first index
@@ -145,20 +147,29 @@ pub(super) fn venv_label(prefix: &str) -> String {
     format!("python3 -m venv {prefix}")
 }
 
-/// The install step's script and name, None when there is nothing to install. What it installs
+/// The install steps' scripts and names: JupyterLab first when `config.jupyter` asks for it
+/// (a step of its own, as envd installs Jupyter, so a change to the program's packages
+/// reinstalls only those and not JupyterLab's hundred), then every package, requirements file
+/// and local wheel of the program. Empty when there is nothing to install. What a step installs
 /// is group-writable and the user's (the venv's earlier files are already: `find` touches only
 /// the new ones, so unchanged files are not copied up into the step's layer).
-pub(super) fn install_step(
-    g: &Graph,
-    prefix: &str,
-    installer: Installer,
-) -> Option<(String, String)> {
-    let packages = packages(g);
+pub(super) fn install_steps(g: &Graph, prefix: &str, installer: Installer) -> Vec<InstallStep> {
     let command = installer.command(prefix);
     let in_image = |p: &String| quote(&build_context::BuildContext::path_in_image(p));
+    let mut steps = Vec::new();
+    if let Some(jupyter) = jupyter_package(g) {
+        let install = format!("{command} {jupyter}");
+        steps.push(install_script(
+            prefix,
+            installer,
+            &[install],
+            &[jupyter.into()],
+            false,
+        ));
+    }
     let mut installs = Vec::new();
-    if !packages.is_empty() {
-        let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+    if !g.python_packages.is_empty() {
+        let quoted: Vec<String> = g.python_packages.iter().map(|p| quote(p)).collect();
         installs.push(format!("{command} {}", quoted.join(" ")));
     }
     for r in &g.python_requirements {
@@ -168,9 +179,42 @@ pub(super) fn install_step(
         let wheels: Vec<String> = g.python_local_wheels.iter().map(in_image).collect();
         installs.push(format!("{command} {}", wheels.join(" ")));
     }
-    if installs.is_empty() {
-        return None;
+    if !installs.is_empty() {
+        let mut what = g.python_packages.clone();
+        what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
+        what.extend(g.python_local_wheels.iter().cloned());
+        let reads_context = !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty();
+        steps.push(install_script(
+            prefix,
+            installer,
+            &installs,
+            &what,
+            reads_context,
+        ));
     }
+    steps
+}
+
+/// A Python install step.
+pub(super) struct InstallStep {
+    /// What the step runs (`sh -c`).
+    pub script: String,
+    /// How the progress display names it.
+    pub name: String,
+    /// Whether it reads requirements files or wheels from the build context (only such a step
+    /// mounts the context, so the context's files are not part of the others' cache keys).
+    pub reads_context: bool,
+}
+
+/// One install step: uv unpacked if it comes from the wheel, the `installs` command lines, the
+/// new files handed to the user.
+fn install_script(
+    prefix: &str,
+    installer: Installer,
+    installs: &[String],
+    what: &[String],
+    reads_context: bool,
+) -> InstallStep {
     let unpack = if installer.needs_wheel() {
         format!(
             "trap 'rm -rf {UV_UNPACKED} {UV_UNPACKED}.d' EXIT; python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' {UV_WHEEL_MOUNT} uv-{UV_VERSION}.data/scripts/uv {UV_UNPACKED}.d && mkdir -p {UV_UNPACKED} && mv {UV_UNPACKED}.d/uv-{UV_VERSION}.data/scripts/uv {UV_UNPACKED}/uv && rm -rf {UV_UNPACKED}.d && chmod 0755 {UV_UNPACKED}/uv; "
@@ -183,8 +227,10 @@ pub(super) fn install_step(
         "set -e; umask 002; {unpack}{}; find {prefix} -user 0 -exec chown -h {uid}:{gid} {{}} + && find {prefix} ! -type l ! -perm -020 -exec chmod g+w {{}} +",
         installs.join(" && ")
     );
-    let mut what: Vec<String> = packages;
-    what.extend(g.python_requirements.iter().map(|r| format!("-r {r}")));
-    what.extend(g.python_local_wheels.iter().cloned());
-    Some((script, format!("{} {}", installer.label(), what.join(" "))))
+    let name = format!("{} {}", installer.label(), what.join(" "));
+    InstallStep {
+        script,
+        name,
+        reads_context,
+    }
 }

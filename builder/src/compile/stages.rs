@@ -301,8 +301,9 @@ impl<'g> Chain<'g> {
         }
     }
 
-    /// The venv (unless conda has the Python), then every Python package, requirements file and
-    /// local wheel in one step (see [`python`]).
+    /// The venv (unless conda has the Python), then JupyterLab when `config.jupyter` asks for
+    /// it, then every package, requirements file and local wheel of the program in one step
+    /// (see [`python`]).
     pub fn python(&mut self) {
         let Some(prefix) = self.python else { return };
         let installer = python::Installer::of(self.g, self.conda);
@@ -320,14 +321,22 @@ impl<'g> Chain<'g> {
             };
             self.state = (self.llb).run(&self.state, sh(&script), env, "", caches, &name);
         }
-        let Some((script, name)) = python::install_step(self.g, prefix, installer) else {
-            return;
-        };
+        for step in python::install_steps(self.g, prefix, installer) {
+            self.python_install(step, installer, &cache);
+        }
+    }
+
+    /// One Python install step on the chain, with the index's variables, the build context if
+    /// it reads it, and the uv wheel if it installs with it.
+    fn python_install(
+        &mut self,
+        step: python::InstallStep,
+        installer: python::Installer,
+        cache: &[CacheMount],
+    ) {
         let mut env = self.step_env(false);
         env.extend(python::index_env(self.g));
-        let g = self.g;
-        let reads_context = !g.python_requirements.is_empty() || !g.python_local_wheels.is_empty();
-        let mut binds = if reads_context {
+        let mut binds = if step.reads_context {
             self.context_binds()
         } else {
             Vec::new()
@@ -344,8 +353,9 @@ impl<'g> Chain<'g> {
                 dest: python::UV_WHEEL_MOUNT.into(),
             });
         }
+        let script = sh(&step.script);
         self.state =
-            (self.llb).run_with_binds(&self.state, sh(&script), env, "", &cache, &binds, &name);
+            (self.llb).run_with_binds(&self.state, script, env, "", cache, &binds, &step.name);
     }
 
     /// Every other toolchain (uv, pixi, R, Julia, Rust, Go, Node.js, ...) and its packages.

@@ -102,7 +102,8 @@ fn registry_tarball(llb: &mut Llb, package: &str, (version, sha256): (&str, &str
 }
 
 /// Unpacks Node and npm, seeds ripgrep's download cache with Debian's `rg` (`@vscode/ripgrep`
-/// would fetch it from GitHub), installs code-server, and drops what only the build needed.
+/// would fetch it from GitHub), installs code-server, and drops what only the build needed:
+/// Node's headers, npm and the source maps.
 fn install_script() -> String {
     format!(
         r#"set -euo pipefail
@@ -122,6 +123,11 @@ npm_config_nodedir="$v/node" npm_config_unsafe_perm=true npm_config_yes=true \
   npm install --no-audit --no-fund --loglevel=warn code-server@{CODE_SERVER_VERSION}
 test -f node_modules/code-server/out/node/entry.js
 rm -rf "$v/node/include" "$v/node/share" "$rg_cache"
+# What only the install needed: npm (not on the user's PATH; the server never runs it) and the
+# source maps, 160 of code-server's 300 MB, read only by a browser's developer tools (which
+# then show the bundled code instead of VS Code's sources).
+rm -rf "$v/node/lib/node_modules/npm" "$v/node/bin/npm" "$v/node/bin/npx"
+find "$v" -name '*.map' -type f -delete
 "#
     )
 }
