@@ -110,7 +110,10 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     // Steps of its own (one more apt package than the other tests' program): BuildKit runs a
     // step again when a build asks for it while another build that shares it is still going
     // (seen on BuildKit 0.8 and 0.13, docs/builder.md), which is not what this test is about.
-    let program = PROGRAM.replace("[\"jq\"]", "[\"jq\", \"tree\"]");
+    // JupyterLab (config.jupyter) is installed by a step of its own that one more package of
+    // the program leaves cached.
+    let program = PROGRAM.replace("[\"jq\"]", "[\"jq\", \"tree\"]")
+        + "    config.jupyter()\n";
     let root = project("e2ecache", &program);
     let dir = root.path().join("e2ecache");
     let path = dir.to_str().unwrap();
@@ -178,10 +181,16 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         log.contains("[run]    uv pip install six idna"),
         "pip did not run:\n{log}"
     );
-    // The venv is a step of its own: a changed package list does not make it again.
+    // The venv is a step of its own: a changed package list does not make it again, nor
+    // reinstalls JupyterLab.
     assert!(
         log.contains("[cached] python3 -m venv /opt/envd/venv"),
         "the venv was made again:\n{log}"
+    );
+    assert!(
+        log.contains("[cached] uv pip install jupyterlab")
+            && !log.contains("[run]    uv pip install jupyterlab"),
+        "JupyterLab was installed again:\n{log}"
     );
     // Docker's BuildKit builds one chain: v0.8 has no MergeOp, and on Engine 26 merged layers
     // were slower (docs/BENCHMARKS.md). `ENVD_MERGE=on` asks for them there (checked below).
@@ -196,7 +205,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
         "/opt/envd/venv/bin/python",
         tag,
         "-c",
-        "import idna, six",
+        "import idna, six, jupyterlab",
     ]);
     assert!(o.status.success(), "{}", output_text(&o));
 }
