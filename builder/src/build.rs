@@ -120,7 +120,8 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Hash of everything that decides the image: the evaluated program (so comments and blank
-/// lines do not count), the runtime binaries and this builder's version. Nothing about the host
+/// lines do not count), the runtime binaries and this builder's version and commit (a builder
+/// that compiles differently must not call an older image up to date). Nothing about the host
 /// user: every user of a project shares its image.
 pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str) -> String {
     let mut h = Sha256::new();
@@ -128,6 +129,7 @@ pub fn program_hash(graph: &Graph, runtime_hash: &str, name: &str) -> String {
     h.update(runtime_hash.as_bytes());
     h.update(name.as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(env!("ENVD_COMMIT").as_bytes());
     format!("{:x}", h.finalize())
 }
 
@@ -491,8 +493,12 @@ async fn image_is_current(docker: &Docker, tag: &str, hash: &str) -> anyhow::Res
 }
 
 /// A failed build whose base image the engine does not have is most likely that image: say
-/// which it is, where the build file chose it, and which images could be used instead.
+/// which it is, where the build file chose it, and which images could be used instead. A
+/// registry that wants a login is said as such first.
 async fn base_image_error(docker: &Docker, graph: &Graph, e: anyhow::Error) -> anyhow::Error {
+    if let Some(hint) = crate::registry_auth::refusal_hint(&format!("{e:#}")) {
+        return anyhow::anyhow!("{hint}.\nBuildKit said: {e:#}");
+    }
     let image = compile::base_image(graph);
     if !matches!(docker::image_labels(docker, &image).await, Ok(None)) {
         return e;

@@ -427,17 +427,25 @@ pub async fn get_json(path: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// Tags the local image `image` as `reference` (`HOST/REPO:TAG`) and pushes it; the engine's
-/// error (an unreachable or refusing registry) is said with the registry's address.
+/// Tags the local image `image` as `reference` (`HOST/REPO:TAG`) and pushes it (see
+/// [`push_reference`]).
 pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Result<()> {
-    use bollard::query_parameters::PushImageOptions;
     tag(docker, image, reference).await?;
-    let (repo, tag) = reference.rsplit_once(':').expect("checked by tag()");
+    push_reference(docker, reference).await
+}
+
+/// Pushes the local image `reference` (`HOST/REPO[:TAG]`, `latest` without a tag) with the
+/// client's login for the registry, if any; the engine's error (an unreachable or refusing
+/// registry) is said with the reference.
+pub async fn push_reference(docker: &Docker, reference: &str) -> anyhow::Result<()> {
+    use bollard::query_parameters::PushImageOptions;
+    let (repo, tag) = split_tag(reference);
     let options = PushImageOptions {
         tag: Some(tag.to_string()),
         ..Default::default()
     };
-    let mut stream = docker.push_image(repo, Some(options), None);
+    let login = crate::registry_auth::engine_credentials(reference)?;
+    let mut stream = docker.push_image(repo, Some(options), login);
     while let Some(msg) = stream.next().await {
         let msg = msg.with_context(|| format!("cannot push {reference}"))?;
         if let Some(e) = msg.error_detail.and_then(|d| d.message) {
@@ -447,7 +455,8 @@ pub async fn push(docker: &Docker, image: &str, reference: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Pulls `reference` (`HOST/REPO:TAG`) into the engine; returns how many of its layers were
+/// Pulls `reference` (`HOST/REPO:TAG`) into the engine with the client's login for the
+/// registry, if any; returns how many of its layers were
 /// downloaded (the others the engine had). The engine's error is said with the reference.
 pub async fn pull(docker: &Docker, reference: &str) -> anyhow::Result<usize> {
     use bollard::query_parameters::CreateImageOptions;
@@ -455,7 +464,8 @@ pub async fn pull(docker: &Docker, reference: &str) -> anyhow::Result<usize> {
         from_image: Some(reference.to_string()),
         ..Default::default()
     };
-    let mut stream = docker.create_image(Some(options), None, None);
+    let login = crate::registry_auth::engine_credentials(reference)?;
+    let mut stream = docker.create_image(Some(options), None, login);
     let mut downloaded = 0;
     while let Some(msg) = stream.next().await {
         let msg = msg.with_context(|| format!("cannot pull {reference}"))?;
@@ -465,6 +475,14 @@ pub async fn pull(docker: &Docker, reference: &str) -> anyhow::Result<usize> {
         downloaded += usize::from(msg.status.as_deref() == Some("Pull complete"));
     }
     Ok(downloaded)
+}
+
+/// `REPOSITORY[:TAG]` split at the tag's colon (not a registry port's); `latest` without one.
+pub fn split_tag(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
 }
 
 /// Tags the local image `image` as `reference` (`REPOSITORY:TAG`).
@@ -486,14 +504,9 @@ pub async fn tag(docker: &Docker, image: &str, reference: &str) -> anyhow::Resul
 /// with: its tag and, after a pull, its digest name (which would keep every earlier image of
 /// that repository alive).
 pub async fn rename(docker: &Docker, reference: &str, name: &str) -> anyhow::Result<()> {
-    let name = match name.rsplit_once(':') {
-        Some((_, tag)) if !tag.contains('/') => name.to_string(),
-        _ => format!("{name}:latest"),
-    };
-    tag(docker, reference, &name).await?;
-    let repo = reference
-        .rsplit_once(':')
-        .map_or(reference, |(repo, _)| repo);
+    let (name_repo, name_tag) = split_tag(name);
+    tag(docker, reference, &format!("{name_repo}:{name_tag}")).await?;
+    let (repo, _) = split_tag(reference);
     let image = (docker.inspect_image(reference).await)
         .with_context(|| format!("cannot inspect {reference}"))?;
     for by_digest in image.repo_digests.unwrap_or_default() {

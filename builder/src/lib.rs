@@ -38,4 +38,5 @@ pub mod output;
 pub mod print;
 pub mod prune;
 pub mod random;
+pub mod registry_auth;
 pub mod runtime;

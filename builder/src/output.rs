@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -122,21 +122,7 @@ pub async fn finish(output: &Output, name: &str) -> anyhow::Result<Option<String
         Output::Image { push: false, .. } => Ok(None),
         Output::Image { push: true, .. } => {
             let docker = crate::docker::connect_for_transfers().await?;
-            let (repo, tag) = split_tag(name);
-            let mut stream = docker.push_image(
-                repo,
-                Some(bollard::query_parameters::PushImageOptions {
-                    tag: Some(tag.to_string()),
-                    platform: None,
-                }),
-                None,
-            );
-            while let Some(msg) = stream.next().await {
-                let msg = msg.with_context(|| format!("cannot push {name}"))?;
-                if let Some(e) = msg.error_detail.and_then(|d| d.message) {
-                    bail!("cannot push {name}: {e}");
-                }
-            }
+            crate::docker::push_reference(&docker, name).await?;
             Ok(Some(format!("pushed {name}")))
         }
         Output::Docker { dest, .. } => {
@@ -151,14 +137,6 @@ pub async fn finish(output: &Output, name: &str) -> anyhow::Result<Option<String
             result?;
             Ok(Some(format!("wrote {} (OCI layout)", dest.display())))
         }
-    }
-}
-
-/// `repo:tag` split at the tag's colon (not a registry port's).
-fn split_tag(name: &str) -> (&str, &str) {
-    match name.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (name, "latest"),
     }
 }
 
@@ -305,11 +283,11 @@ mod tests {
             .unwrap_err()
             .contains("colour"));
         assert_eq!(
-            split_tag("localhost:5000/a/b:t"),
+            crate::docker::split_tag("localhost:5000/a/b:t"),
             ("localhost:5000/a/b", "t")
         );
         assert_eq!(
-            split_tag("localhost:5000/a/b"),
+            crate::docker::split_tag("localhost:5000/a/b"),
             ("localhost:5000/a/b", "latest")
         );
     }

@@ -306,3 +306,100 @@ fn archives_and_a_push_come_from_buildkitd_itself() {
     );
     let _ = docker(&["rmi", "envd-e2e/bkout:archive"]);
 }
+
+/// The registry of `scripts/buildkitd-up` that wants a login: (HOST:PORT, user, password).
+fn login_registry() -> (String, String, String) {
+    let state = Path::new(buildkitd().0.trim_start_matches("unix://"))
+        .parent()
+        .unwrap();
+    let line = std::fs::read_to_string(state.join("registry-login")).unwrap();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts.len(), 3, "registry-login: {line}");
+    (parts[0].into(), parts[1].into(), parts[2].into())
+}
+
+/// `envd build` on buildkitd with the docker client configuration `docker_config`.
+fn envd_build_with_config(docker_config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(envd_e2e::runtime_dir().join("envd"));
+    envd_e2e::isolated(&mut cmd).env("DOCKER_CONFIG", docker_config);
+    cmd.args(args)
+        .args(["--builder", "unix", "--builder-address", &buildkitd().0])
+        .output()
+        .expect("run envd")
+}
+
+#[test]
+fn a_registry_that_wants_a_login_gets_the_clients_docker_login() {
+    let (registry, user, password) = login_registry();
+    // The docker CLI's own `docker login` writes the configuration envd-rs reads.
+    let config = tempfile::tempdir().unwrap();
+    let dir = config.path().to_str().unwrap();
+    let mut login = Command::new("docker")
+        .args([
+            "--config",
+            dir,
+            "login",
+            "-u",
+            &user,
+            "--password-stdin",
+            &registry,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let o = login.wait_with_output().unwrap();
+    assert!(o.status.success(), "docker login: {}", output_text(&o));
+    // The base image comes from that registry: buildkitd pulls it with the login, pushes the
+    // result to it, and the engine pulls it from there.
+    let base = format!("{registry}/library/debian:bookworm");
+    assert!(docker(&["tag", "debian:bookworm", &base]).status.success());
+    let o = docker(&["--config", dir, "push", &base]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let _ = docker(&["rmi", &base]);
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("bklogin");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("build.envd"),
+        format!(
+            "def build():\n    base(image=\"{base}\", dev=False)\n    run([\"echo {} > /hello\"])\n",
+            nonce()
+        ),
+    )
+    .unwrap();
+    let path = project.to_str().unwrap();
+    let tag = "envd-e2e/bklogin:test";
+    let args = ["build", "--path", path, "-t", tag, "--registry", &registry];
+
+    let nobody = tempfile::tempdir().unwrap();
+    let o = envd_build_with_config(nobody.path(), &args);
+    let text = output_text(&o);
+    assert!(!o.status.success(), "built without a login:\n{text}");
+    assert!(
+        text.contains(&format!("the registry {registry} wants a login"))
+            && text.contains(&format!("docker login {registry}"))
+            && text.contains("401"),
+        "the refusal is not named:\n{text}"
+    );
+
+    let o = envd_build_with_config(config.path(), &args);
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[done]   pulling {registry}/envd/bklogin:test into the engine"
+        )),
+        "{text}"
+    );
+    assert!(!in_image(tag, "cat /hello").is_empty());
+    let _ = docker(&["rmi", tag]);
+}

@@ -112,8 +112,7 @@ fn unchanged_program_is_not_rebuilt_and_one_more_package_reuses_the_cache() {
     // (seen on BuildKit 0.8 and 0.13, docs/builder.md), which is not what this test is about.
     // JupyterLab (config.jupyter) is installed by a step of its own that one more package of
     // the program leaves cached.
-    let program = PROGRAM.replace("[\"jq\"]", "[\"jq\", \"tree\"]")
-        + "    config.jupyter()\n";
+    let program = PROGRAM.replace("[\"jq\"]", "[\"jq\", \"tree\"]") + "    config.jupyter()\n";
     let root = project("e2ecache", &program);
     let dir = root.path().join("e2ecache");
     let path = dir.to_str().unwrap();

@@ -9,12 +9,15 @@
 //!   protocol, so there is no request-size limit and no engine in between;
 //! - `moby.filesync.v1.FileSend/DiffCopy` ([`filesend`]): the archive of the `docker`/`oci`
 //!   exporters, streamed to where the caller wants it (a file, or `docker load`);
+//! - `moby.filesync.v1.Auth/Credentials` ([`auth`]): the client's registry logins, when a push
+//!   or a pull needs one;
 //! - `grpc.health.v1.Health`: buildkitd checks a session every 5 s and drops one that does not
 //!   answer within 15 s.
 //!
 //! The methods offered are announced in the `Control.Session` call's headers, as BuildKit's Go
 //! client does (`X-Docker-Expose-Session-*`).
 
+mod auth;
 mod filesend;
 mod filesync;
 mod tunnel;
@@ -29,7 +32,7 @@ use tonic::transport::{Channel, Server};
 
 pub use filesync::{Content, LocalDir, LocalEntry};
 
-use super::proto::moby::filesync::v1::{file_send_server, file_sync_server};
+use super::proto::moby::filesync::v1::{auth_server, file_send_server, file_sync_server};
 
 /// Chunks of an exported archive, in order; an error ends a transfer that broke off.
 pub type ArchiveChunks = mpsc::Sender<std::io::Result<Bytes>>;
@@ -53,6 +56,7 @@ impl Session {
             "/grpc.health.v1.Health/Check".to_string(),
             "/grpc.health.v1.Health/Watch".to_string(),
             "/moby.filesync.v1.FileSync/DiffCopy".to_string(),
+            "/moby.filesync.v1.Auth/Credentials".to_string(),
         ];
         if archive.is_some() {
             methods.push("/moby.filesync.v1.FileSend/DiffCopy".to_string());
@@ -73,6 +77,7 @@ impl Session {
         let router = Server::builder()
             .add_service(health)
             .add_service(sync)
+            .add_service(auth_server::AuthServer::new(auth::Auth))
             .add_optional_service(send);
         let incoming = futures_util::stream::iter([Ok::<_, std::io::Error>(connection)]);
         // A session that breaks shows as the build's error (buildkitd names the transfer).
