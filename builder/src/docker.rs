@@ -456,8 +456,8 @@ pub async fn push_reference(docker: &Docker, reference: &str) -> anyhow::Result<
 }
 
 /// Pulls `reference` (`HOST/REPO:TAG`) into the engine with the client's login for the
-/// registry, if any; returns how many of its layers were
-/// downloaded (the others the engine had). The engine's error is said with the reference.
+/// registry, if any; returns how many of its layers were downloaded (the others the engine
+/// had). The engine's error is said with the reference.
 pub async fn pull(docker: &Docker, reference: &str) -> anyhow::Result<usize> {
     use bollard::query_parameters::CreateImageOptions;
     let options = CreateImageOptions {

@@ -130,9 +130,12 @@ pub fn refusal_hint(error: &str) -> Option<String> {
     if !refused {
         return None;
     }
-    // BuildKit names the request's URL: http(s)://HOST/v2/...
-    let after = error.split("://").nth(1)?;
-    let host = after.split('/').next().filter(|h| !h.is_empty())?;
+    // BuildKit names the request's URL, http(s)://HOST/v2/...; other `scheme://` names in the
+    // message (a `local://` or `docker-image://` source) are not the registry's.
+    let host = error.split("://").skip(1).find_map(|after| {
+        let (host, path) = after.split_once('/')?;
+        (!host.is_empty() && path.starts_with("v2")).then_some(host)
+    })?;
     let config = config_path();
     Some(match login_for(host) {
         Ok(Some(_)) => format!(
@@ -242,6 +245,9 @@ mod tests {
         assert!(hint.contains("the registry 127.0.0.1:9"), "{hint}");
         assert!(hint.contains("docker login 127.0.0.1:9"), "{hint}");
         assert!(refusal_hint("failed to solve: process exited with 1").is_none());
+        let said = "local://envd-context: failed to push 127.0.0.1:9/envd/a:b: unexpected status from HEAD request to http://127.0.0.1:9/v2/envd/a/blobs/sha256:0: 401 Unauthorized";
+        let hint = refusal_hint(said).unwrap();
+        assert!(hint.starts_with("the registry 127.0.0.1:9 "), "{hint}");
     }
 
     #[test]
